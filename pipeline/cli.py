@@ -1,0 +1,175 @@
+"""`pipeline` command line: run, status, stages, validate, models."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from .errors import ConfigError, PipelineError
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pipeline", description="Sparse, adversarially robust models, from training to measured ONNX.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run every stage not yet done; resume the one cut off")
+    r.add_argument("config", help="pipeline YAML")
+    r.add_argument("--run-dir", type=Path, help="run directory (default: <run.output_dir>/<run.name>)")
+    r.add_argument("--from", dest="from_stage", metavar="STAGE", help="re-run this stage and every later one")
+    r.add_argument("--until", dest="until_stage", metavar="STAGE", help="stop after this stage")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. stages.warmup.epochs=3 or data.dataset=cifar10 (repeatable)")
+    r.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides run.device")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars, only stage lines and errors")
+
+    s = sub.add_parser("status", help="which stages of a run are done, stale, partial, failed")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("--config", type=Path, help="compare against this config (default: the one the run was started from)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+
+    v = sub.add_parser("validate", help="check a config without running anything")
+    v.add_argument("config")
+    v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    sub.add_parser("stages", help="installed stage types and their config fields")
+    sub.add_parser("models", help="registered model architectures")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    debug = bool(os.environ.get("PIPELINE_DEBUG"))
+    try:
+        return _dispatch(args)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an unexpected failure: one line, with the way to see the traceback
+        print(f"internal error: {type(exc).__name__}: {exc}\n(set PIPELINE_DEBUG=1 to see the traceback)", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        return 1
+
+
+def _dispatch(args) -> int:
+    from .config import load_config
+
+    if args.command == "validate":
+        cfg = load_config(args.config, args.overrides)
+        print(f"{args.config}: ok ({len(cfg.stages)} stages: {' -> '.join(s.name for s in cfg.stages)})")
+        return 0
+    if args.command == "run":
+        from .runner import Runner
+
+        cfg = load_config(args.config, args.overrides)
+        runner = Runner(cfg, args.run_dir, device=args.device, quiet=args.quiet)
+        statuses = runner.run(args.from_stage, args.until_stage, source=args.config)
+        _print_summary(runner, statuses)
+        return 0
+    if args.command == "status":
+        return _status(args)
+    if args.command == "stages":
+        _print_stages()
+        return 0
+    if args.command == "models":
+        from .models import list_models
+
+        print("\n".join(list_models()))
+        return 0
+    raise AssertionError(args.command)
+
+
+def _status(args) -> int:
+    from . import store
+    from .config import load_config, validate_tree
+    from .runner import RUN_JSON, Runner
+
+    run_dir: Path = args.run_dir
+    if not (run_dir / "config.yaml").exists():
+        raise PipelineError(f"{run_dir}: not a run directory (no config.yaml)")
+    source = args.config
+    if source is None and (run_dir / RUN_JSON).exists():
+        recorded = store.read_json(run_dir / RUN_JSON).get("source_config")
+        source = Path(recorded) if recorded and Path(recorded).exists() else None
+    note = ""
+    if source is not None:
+        try:
+            cfg = load_config(source)
+        except ConfigError as exc:
+            note = f"(source config {source} is invalid now; compared with the run's own config.yaml)\n{exc}"
+            source = None
+    if source is None:
+        cfg = validate_tree(store.read_json_yaml(run_dir / "config.yaml"))
+    statuses = Runner(cfg, run_dir, quiet=True).statuses()
+    if args.json:
+        print(json.dumps({"run_dir": str(run_dir), "config": str(source) if source else str(run_dir / "config.yaml"),
+                          "stages": [s.__dict__ for s in statuses]}, indent=2, default=str))
+        return 0
+    if note:
+        print(note)
+    print(f"run {run_dir} (compared with {source or run_dir / 'config.yaml'})")
+    for s in statuses:
+        extra = f"  {s.seconds:.0f}s" if s.seconds is not None else ""
+        print(f"  {s.name:<18} {s.type:<14} {s.state:<8}{extra}  {s.detail}")
+    return 0
+
+
+def _print_summary(runner, statuses) -> None:
+    from .context import StageHandle
+
+    lines = []
+    for s in statuses:
+        if s.state != "done":
+            continue
+        handle = StageHandle(runner.run_dir, s.name)
+        for fname in handle.record.get("files", {}):
+            if fname.endswith(".onnx") or fname == "runtime.json":
+                lines.append(f"  {s.name}: {handle.dir / fname}")
+        rt = handle.record.get("runtime")
+        if rt:
+            for prov, res in rt.get("providers", {}).items():
+                if res.get("status") == "ok":
+                    b1 = res["per_batch"].get("1") or next(iter(res["per_batch"].values()))
+                    lines.append(f"    {prov}: batch 1 median {b1['median_ms']:.3f} ms, p90 {b1['p90_ms']:.3f} ms"
+                                 + "".join(f"; batch {b} {r['throughput_img_s']:.0f} img/s"
+                                           for b, r in res["per_batch"].items() if b != "1"))
+                else:
+                    lines.append(f"    {prov}: {res.get('status')} ({res.get('reason', '')})")
+    runner.console.always(f"finished: {runner.run_dir}")
+    for line in lines:
+        runner.console.always(line)
+
+
+def _print_stages() -> None:
+    from .registry import STAGES
+
+    for name in STAGES.names():
+        cls = STAGES.get(name)
+        print(f"{name}: {cls.summary}")
+        for fname, finfo in cls.Config.model_fields.items():
+            if fname in ("type",):
+                continue
+            default = "required" if finfo.is_required() else _short(finfo.get_default(call_default_factory=True))
+            desc = f"  {finfo.description}" if finfo.description else ""
+            print(f"    {fname} = {default}{desc}")
+    for name, why in sorted(STAGES.broken.items()):
+        print(f"{name}: BROKEN ({why})")
+
+
+def _short(value) -> str:
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
+    text = json.dumps(value, default=str)
+    return text if len(text) < 90 else text[:87] + "..."
+
+
+if __name__ == "__main__":
+    sys.exit(main())

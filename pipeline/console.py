@@ -1,0 +1,51 @@
+"""Messages and progress bars. Bars only on a terminal and never in quiet mode, so CI logs stay short."""
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+
+from tqdm import tqdm
+
+
+class Console:
+    def __init__(self, quiet: bool = False, log_file=None):
+        self.quiet = quiet
+        self.bars = not quiet and sys.stderr.isatty()
+        self.log_file = log_file  # a Path; every message is appended there too
+
+    def info(self, msg: str) -> None:
+        if not self.quiet:
+            print(msg, file=sys.stderr, flush=True)
+        self._log(msg)
+
+    def always(self, msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+        self._log(msg)
+
+    def _log(self, msg: str) -> None:
+        if self.log_file is not None:
+            try:
+                with open(self.log_file, "a", encoding="utf-8") as f:
+                    f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+            except OSError:
+                pass
+
+    @contextmanager
+    def bar(self, total: int, desc: str, initial: int = 0, leave: bool = False):
+        if not self.bars:
+            yield _NoBar()
+            return
+        with tqdm(total=total, initial=initial, desc=desc, leave=leave, dynamic_ncols=True, file=sys.stderr) as b:
+            yield b
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, *args, **kwargs) -> None:
+        pass
+
+    def set_postfix_str(self, *args, **kwargs) -> None:
+        pass

@@ -1,0 +1,300 @@
+"""What a stage sees while it runs (`StageContext`) and how it reads a finished stage (`StageHandle`)."""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from . import store
+from .errors import CheckpointError
+from .modelcard import build_model, model_card
+
+if TYPE_CHECKING:
+    from .config import PipelineConfig
+    from .console import Console
+    from .data import DataSplits
+
+PROGRESS_DIR = "progress"
+STAGE_JSON = "stage.json"
+
+
+class StageHandle:
+    """A finished stage on disk. Every file it hands out is checked against the sha256 in stage.json."""
+
+    def __init__(self, run_dir: Path, name: str):
+        self.name = name
+        self.dir = Path(run_dir) / name
+        self.run_dir = Path(run_dir)
+        path = self.dir / STAGE_JSON
+        if not path.exists():
+            raise CheckpointError(f"stage {name!r} has not finished: {path} is missing; run it first")
+        self.record: dict = store.read_json(path)
+
+    @property
+    def metrics(self) -> dict:
+        return self.record.get("metrics", {})
+
+    @property
+    def card(self) -> dict | None:
+        return self.record.get("model")
+
+    def has_file(self, name: str) -> bool:
+        return name in self.record.get("files", {})
+
+    def file(self, name: str) -> Path:
+        files = self.record.get("files", {})
+        if name not in files:
+            raise CheckpointError(f"stage {self.name!r} did not write {name} (it wrote: {', '.join(files) or 'nothing'})")
+        path = self.dir / name
+        actual = store.sha256_file(path) if path.exists() else None
+        if actual != files[name]:
+            store.verify_file(path, files[name])  # raises with the clear message
+        return path
+
+    def read_tensors(self, name: str) -> dict[str, torch.Tensor]:
+        return store.load_tensors(self.dir / name, self.record.get("files", {}).get(name) or _missing(self, name))
+
+    def history(self) -> list[dict]:
+        if not self.has_file("history.jsonl"):
+            return []
+        path = self.file("history.jsonl")
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def model_stage(self) -> "StageHandle":
+        """The stage holding the weights this stage is about (evaluate/export pass their input's along)."""
+        src = self.record.get("model_from")
+        if src and src != self.name:
+            return StageHandle(self.run_dir, src).model_stage()
+        return self
+
+    def load_model(self, device: torch.device | str = "cpu", weights: str = "model.safetensors"):
+        """Return (model, masks or None, card). The model is rebuilt from the card, then weights are loaded strictly."""
+        holder = self.model_stage()
+        card = holder.card
+        if card is None:
+            raise CheckpointError(f"stage {holder.name!r} has no model card in its stage.json")
+        model = build_model(card)
+        state = holder.read_tensors(weights)
+        missing, unexpected = _load_strict(model, state)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{holder.dir / weights}: does not fit model {card['arch']!r} "
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+        masks = None
+        if holder.has_file("masks.safetensors"):
+            from .sparsity import MaskSet
+
+            masks = MaskSet(holder.read_tensors("masks.safetensors"))
+        return model.to(device), (masks.to(device) if masks is not None else None), card
+
+
+def _missing(handle: StageHandle, name: str):
+    raise CheckpointError(f"stage {handle.name!r} did not write {name}")
+
+
+def _load_strict(model: torch.nn.Module, state: dict) -> tuple[list, list]:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        return missing, unexpected
+    bad = [k for k in own if own[k].shape != state[k].shape]
+    if bad:
+        return bad, []
+    model.load_state_dict(state, strict=True)
+    return [], []
+
+
+class StageContext:
+    """Owned by the runner; a stage reads its input and writes every output through it."""
+
+    def __init__(self, *, cfg: PipelineConfig, stage_cfg, run_dir: Path, device: torch.device,
+                 console: Console, fingerprint: str, data_cache: dict):
+        self.cfg = cfg
+        self.config = stage_cfg
+        self.name: str = stage_cfg.name
+        self.run_dir = Path(run_dir)
+        self.dir = self.run_dir / self.name
+        self.device = device
+        self.console = console
+        self.seed: int = cfg.run.seed
+        self.fingerprint = fingerprint
+        self.metrics: dict[str, Any] = {}
+        self.record: dict[str, Any] = {}  # extra stage.json sections: sparsity, flops, runtime, ...
+        self.files: dict[str, str] = {}  # file name -> sha256
+        self.model_card: dict | None = None
+        self.model_from: str | None = None
+        self._data_cache = data_cache
+        self._history: list[dict] = []
+        self.input: StageHandle | None = StageHandle(self.run_dir, stage_cfg.input) if stage_cfg.input else None
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def data(self, data_cfg=None) -> DataSplits:
+        """The run's dataset (or another one, for transfer), loaded once per process."""
+        from .data import load_dataset
+
+        data_cfg = data_cfg or self.cfg.data
+        key = data_cfg.model_dump_json()
+        if key not in self._data_cache:
+            self.log(f"loading dataset {data_cfg.dataset}")
+            self._data_cache[key] = load_dataset(data_cfg)
+        return self._data_cache[key]
+
+    def new_model(self, data: DataSplits | None = None, arch: str | None = None) -> torch.nn.Module:
+        data = data or self.data()
+        card = model_card(arch or self.cfg.model.arch, data)
+        torch.manual_seed(self.seed)  # initial weights depend on the run seed only
+        return build_model(card).to(self.device)
+
+    def load_input_model(self):
+        if self.input is None:
+            raise CheckpointError(f"stage {self.name!r} has no input stage to load a model from")
+        return self.input.load_model(self.device)
+
+    # -- outputs --------------------------------------------------------------------------------
+    def save_model(self, model: torch.nn.Module, card: dict, masks=None, filename: str = "model.safetensors") -> None:
+        state = model.state_dict()
+        if masks is not None:
+            # stored weights carry exact zeros where masked, whatever the training loop left there
+            state = dict(state)
+            for name, mask in masks.items():
+                state[name] = state[name] * mask.to(state[name].device, state[name].dtype)
+        # one key only: safetensors writes metadata in hash-map order, and files must be byte-reproducible
+        meta = {"pipeline": json.dumps({"arch": card["arch"], "stage": self.name}, sort_keys=True)}
+        self.files[filename] = store.save_tensors(self.dir / filename, state, metadata=meta)
+        if masks is not None and filename == "model.safetensors":
+            self.files["masks.safetensors"] = store.save_tensors(
+                self.dir / "masks.safetensors", {k: v.bool() for k, v in masks.items()})
+        self.model_card = dict(card)
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        self.files[name] = store.atomic_write_json(self.dir / name, obj)
+        return self.dir / name
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        self.files[name] = store.atomic_write_bytes(self.dir / name, data)
+        return self.dir / name
+
+    def register_file(self, name: str) -> Path:
+        """Record a file some library wrote into the stage folder (atomically, by its own means)."""
+        path = self.dir / name
+        self.files[name] = store.sha256_file(path)
+        return path
+
+    def pass_model_through(self) -> None:
+        """For stages that judge or convert a model without changing it: downstream loads the input's weights."""
+        if self.input is not None:
+            self.model_from = self.input.model_stage().name
+            self.model_card = self.input.model_stage().card
+
+    # -- history --------------------------------------------------------------------------------
+    @property
+    def history(self) -> list[dict]:
+        return self._history
+
+    def set_history(self, rows: list[dict]) -> None:
+        self._history = list(rows)
+        self._write_history()
+
+    def log_epoch(self, row: dict) -> None:
+        self._history.append(row)
+        self._write_history()
+
+    def _write_history(self) -> None:
+        text = "".join(json.dumps(r, default=store._json_default) + "\n" for r in self._history)
+        self.files["history.jsonl"] = store.atomic_write_text(self.dir / "history.jsonl", text)
+
+    # -- mid-stage progress -----------------------------------------------------------------------
+    @property
+    def progress_dir(self) -> Path:
+        return self.dir / PROGRESS_DIR
+
+    def save_progress(self, state: dict) -> None:
+        """Everything needed to continue this stage; loadable weights-only. Call at safe points only."""
+        state = dict(state)
+        state["rng"] = capture_rng()
+        state["history"] = list(self._history)
+        sha = store.save_state(self.progress_dir / "state.pt", state)
+        store.atomic_write_json(self.progress_dir / "manifest.json",
+                                {"fingerprint": self.fingerprint, "sha256": sha,
+                                 "epoch": state.get("epoch"), "step": state.get("step")})
+
+    def load_progress(self) -> dict | None:
+        manifest_path = self.progress_dir / "manifest.json"
+        if not manifest_path.exists():
+            return None
+        manifest = store.read_json(manifest_path)
+        if manifest.get("fingerprint") != self.fingerprint:
+            self.log(f"{self.name}: saved progress belongs to a different config; starting the stage over")
+            self.clear_progress()
+            return None
+        state = store.load_state(self.progress_dir / "state.pt", manifest["sha256"])
+        restore_rng(state.pop("rng"))
+        self.set_history(state.pop("history"))
+        self.log(f"{self.name}: resuming from saved progress (epoch {manifest.get('epoch')}, step {manifest.get('step')})")
+        return state
+
+    def clear_progress(self) -> None:
+        shutil.rmtree(self.progress_dir, ignore_errors=True)
+
+    # -- misc -------------------------------------------------------------------------------------
+    def log(self, msg: str) -> None:
+        self.console.info(msg)
+
+    def generator(self, *parts: int, device: torch.device | str | None = None) -> torch.Generator:
+        """A generator seeded from (run seed, *parts): resumable randomness without saved generator internals."""
+        dev = torch.device(device or self.device)
+        g = torch.Generator(device=dev)
+        g.manual_seed(derive_seed(self.seed, *parts))
+        return g
+
+
+def derive_seed(*parts: int) -> int:
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def capture_rng() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "python": _python_state_to_plain(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    random.setstate(_python_state_from_plain(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _python_state_to_plain(st) -> dict:
+    version, internal, gauss = st
+    return {"version": version, "internal": list(internal), "gauss": gauss}
+
+
+def _python_state_from_plain(d: dict):
+    return (d["version"], tuple(d["internal"]), d["gauss"])

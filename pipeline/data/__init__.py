@@ -1,0 +1,32 @@
+"""The data layer: datasets held in memory as uint8 tensors, and deterministic, resumable batch iterators.
+
+    splits = load_dataset(DataConfig(dataset="digits"))
+    for x, y in train_batches(splits.train_x, splits.train_y, batch_size=128, seed=1, epoch=0,
+                              augment=splits.augment, crop_padding=splits.crop_padding, device="cpu"):
+        ...
+"""
+from __future__ import annotations
+
+from pipeline.data.augment import AUGMENTATIONS, augment_batch
+from pipeline.data.batches import derive_seed, epoch_order, eval_batches, num_batches, train_batches
+from pipeline.data.config import DataConfig
+from pipeline.data.loading import AUTO_AUGMENT, load_dataset
+from pipeline.data.splits import KNOWN_STATS, DataSplits, channel_stats, split_val, subset_indices
+
+__all__ = [
+    "AUGMENTATIONS",
+    "AUTO_AUGMENT",
+    "KNOWN_STATS",
+    "DataConfig",
+    "DataSplits",
+    "augment_batch",
+    "channel_stats",
+    "derive_seed",
+    "epoch_order",
+    "eval_batches",
+    "load_dataset",
+    "num_batches",
+    "split_val",
+    "subset_indices",
+    "train_batches",
+]

@@ -1,0 +1,236 @@
+"""Runs a pipeline: order, fingerprints, skipping finished stages, --from/--until, locking, failure records."""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import time
+import traceback
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import torch
+import yaml
+
+from . import store
+from .config import PipelineConfig
+from .console import Console
+from .context import PROGRESS_DIR, STAGE_JSON, StageContext, seed_everything
+from .errors import ConfigError, PipelineError, StageFailed
+from .lock import RunLock, lock_state
+from .registry import STAGES
+
+RUN_JSON = "run.json"
+
+
+def fingerprint_of(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def stage_fingerprint(cfg: PipelineConfig, stage_cfg, input_output_fp: str | None) -> str:
+    """Hash of everything that determines this stage's outputs: its config, the run's data/model/seed, its input."""
+    return fingerprint_of({
+        "stage": stage_cfg.model_dump(mode="json"),
+        "data": cfg.data.model_dump(mode="json"),
+        "model": cfg.model.model_dump(mode="json"),
+        "seed": cfg.run.seed,
+        "input": input_output_fp,
+    })
+
+
+def output_fingerprint(fingerprint: str, files: dict[str, str]) -> str:
+    return fingerprint_of({"fingerprint": fingerprint, "files": dict(sorted(files.items()))})
+
+
+@dataclass
+class StageStatus:
+    name: str
+    type: str
+    state: str  # done | stale | pending | partial | running | failed
+    detail: str = ""
+    metrics: dict | None = None
+    seconds: float | None = None
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda":
+        if not torch.cuda.is_available():
+            raise PipelineError("--device cuda: no CUDA device is visible to torch (torch.cuda.is_available() is False)")
+        return torch.device("cuda")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device("cpu")
+
+
+def library_versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "torchvision", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "nni", "torch-pruning",
+                "advertorch", "safetensors", "sparse-robust-pipeline"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class Runner:
+    def __init__(self, cfg: PipelineConfig, run_dir: Path | None = None, *, device: str | None = None,
+                 quiet: bool = False):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir) if run_dir else Path(cfg.run.output_dir) / cfg.run.name
+        self.device_name = device or cfg.run.device
+        self.console = Console(quiet=quiet)
+        self._data_cache: dict = {}
+
+    # -- status ---------------------------------------------------------------------------------
+    def _record(self, name: str) -> dict | None:
+        path = self.run_dir / name / STAGE_JSON
+        if not path.exists():
+            return None
+        try:
+            return store.read_json(path)
+        except PipelineError:
+            return None
+
+    def statuses(self) -> list[StageStatus]:
+        out: list[StageStatus] = []
+        by_name: dict[str, StageStatus] = {}
+        locked = lock_state(self.run_dir) == "held"
+        for st in self.cfg.stages:
+            rec = self._record(st.name)
+            in_rec = self._record(st.input) if st.input else None
+            in_status = by_name.get(st.input) if st.input else None
+            sdir = self.run_dir / st.name
+            if rec is None:
+                if (sdir / "failed.json").exists():
+                    fail = _safe_json(sdir / "failed.json")
+                    status = StageStatus(st.name, st.type, "failed", fail.get("error", ""))
+                elif (sdir / PROGRESS_DIR / "manifest.json").exists():
+                    man = _safe_json(sdir / PROGRESS_DIR / "manifest.json")
+                    state = "running" if locked else "partial"
+                    status = StageStatus(st.name, st.type, state, f"saved at epoch {man.get('epoch')}, step {man.get('step')}")
+                else:
+                    status = StageStatus(st.name, st.type, "pending")
+            else:
+                expected = stage_fingerprint(self.cfg, st, in_rec.get("output_fingerprint") if in_rec else None)
+                if in_status is not None and in_status.state != "done":
+                    status = StageStatus(st.name, st.type, "stale", f"its input {st.input!r} is {in_status.state}")
+                elif rec.get("fingerprint") != expected:
+                    status = StageStatus(st.name, st.type, "stale", "its config or input changed since it ran")
+                else:
+                    status = StageStatus(st.name, st.type, "done", "", rec.get("metrics"),
+                                         rec.get("timings", {}).get("seconds"))
+            by_name[st.name] = status
+            out.append(status)
+        return out
+
+    # -- run ------------------------------------------------------------------------------------
+    def run(self, from_stage: str | None = None, until_stage: str | None = None, source: str | None = None) -> list[StageStatus]:
+        names = [s.name for s in self.cfg.stages]
+        for flag, value in (("--from", from_stage), ("--until", until_stage)):
+            if value is not None and value not in names:
+                raise ConfigError(f"{flag} {value}: no such stage (stages: {', '.join(names)})")
+        start = names.index(from_stage) if from_stage else None
+        stop = names.index(until_stage) if until_stage else len(names) - 1
+        device = resolve_device(self.device_name)
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.console.log_file = self.run_dir / "run.log"
+        with RunLock(self.run_dir, on_stale=self._report_stale_lock):
+            store.atomic_write_text(self.run_dir / "config.yaml",
+                                    yaml.safe_dump(self.cfg.resolved(), sort_keys=False))
+            store.atomic_write_json(self.run_dir / RUN_JSON, {"source_config": str(Path(source).resolve()) if source else None,
+                                                              "updated": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            self.console.info(f"run directory: {self.run_dir}  (device: {device})")
+            for i, st in enumerate(self.cfg.stages):
+                if i > stop:
+                    break
+                forced = start is not None and i >= start
+                status = {s.name: s for s in self.statuses()}[st.name]
+                if status.state == "done" and not forced:
+                    self.console.info(f"[{st.name}] done, skipped (fingerprint matches)")
+                    continue
+                self._run_stage(st, device, fresh=forced, why=("--from" if forced else status.state))
+        return self.statuses()
+
+    def _report_stale_lock(self, info: dict) -> None:
+        self.console.always(f"note: removed a stale lock of process {info.get('pid')} (started {info.get('started')}), "
+                            "which is no longer running; its last saved progress will be resumed")
+
+    def _run_stage(self, st, device: torch.device, *, fresh: bool, why: str) -> None:
+        cls = STAGES.get(st.type)
+        in_rec = self._record(st.input) if st.input else None
+        fp = stage_fingerprint(self.cfg, st, in_rec.get("output_fingerprint") if in_rec else None)
+        sdir = self.run_dir / st.name
+        _clear_outputs(sdir, keep_progress=not fresh)
+        ctx = StageContext(cfg=self.cfg, stage_cfg=st, run_dir=self.run_dir, device=device,
+                           console=self.console, fingerprint=fp, data_cache=self._data_cache)
+        self.console.info(f"[{st.name}] running {st.type} ({why})")
+        seed_everything(self.cfg.run.seed)
+        started = time.time()
+        try:
+            cls().run(ctx)
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                self.console.always(f"[{st.name}] interrupted; run the same command again to resume")
+                raise
+            store.atomic_write_json(sdir / "failed.json", {
+                "error": str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            })
+            if isinstance(exc, PipelineError):
+                raise
+            raise StageFailed(f"stage {st.name!r} ({st.type}) failed: {type(exc).__name__}: {exc} "
+                              f"(traceback in {sdir / 'failed.json'})") from exc
+        finished = time.time()
+        record = {
+            "name": st.name,
+            "type": st.type,
+            "status": "done",
+            "fingerprint": fp,
+            "output_fingerprint": output_fingerprint(fp, ctx.files),
+            "config": st.model_dump(mode="json"),
+            "input": st.input,
+            "input_fingerprint": in_rec.get("output_fingerprint") if in_rec else None,
+            "model": ctx.model_card,
+            "model_from": ctx.model_from,
+            "metrics": ctx.metrics,
+            **ctx.record,
+            "files": dict(sorted(ctx.files.items())),
+            "timings": {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(finished)),
+                        "seconds": round(finished - started, 3)},
+            "device": str(device),
+            "versions": library_versions(),
+        }
+        store.atomic_write_json(sdir / STAGE_JSON, record)
+        ctx.clear_progress()
+        self.console.info(f"[{st.name}] done in {finished - started:.1f}s" + _metric_line(ctx.metrics))
+
+
+def _metric_line(metrics: dict) -> str:
+    keys = [k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)][:6]
+    return ("  " + ", ".join(f"{k}={metrics[k]:.4g}" for k in keys)) if keys else ""
+
+
+def _clear_outputs(sdir: Path, keep_progress: bool) -> None:
+    """Before a stage (re)runs: its old outputs go; its progress stays unless this is a fresh run."""
+    if not sdir.exists():
+        return
+    for child in sdir.iterdir():
+        if child.name == PROGRESS_DIR and keep_progress:
+            continue
+        if child.is_dir():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _safe_json(path: Path) -> dict:
+    try:
+        return store.read_json(path)
+    except PipelineError:
+        return {}

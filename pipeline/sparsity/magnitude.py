@@ -1,0 +1,98 @@
+"""Magnitude and random masks: global (one threshold over all layers) and layer-wise, all exact-count."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from .allocation import uniform
+from .masks import MaskSet
+from .select import random_mask, topk_mask
+
+
+def _total(params: Mapping[str, Tensor]) -> int:
+    return sum(p.numel() for p in params.values())
+
+
+def _split(flat: Tensor, params: Mapping[str, Tensor]) -> MaskSet:
+    out, start = {}, 0
+    for name, p in params.items():
+        out[name] = flat[start:start + p.numel()].view(p.shape).to(p.device)
+        start += p.numel()
+    return MaskSet(out)
+
+
+def _check_density(density: float) -> None:
+    if not 0.0 <= density <= 1.0:
+        raise ValueError(f"density must be in [0, 1], got {density}")
+
+
+def global_magnitude_masks(params: Mapping[str, Tensor], density: float, *,
+                           within: MaskSet | None = None) -> MaskSet:
+    """Keep the round(density * total) largest |w| over all layers together (exact global top-k).
+
+    `density` is always relative to all weights in `params`. With `within`, only entries that mask
+    still keeps are ranked, so the result is a subset of it: IMP round k passes density (1 - p)^k and
+    `within` = round k-1's mask, which prunes p of the remaining weights (global L1 among survivors).
+    Ties go to the lower index in layer order. This differs from the reference "keep |w| > value at
+    index floor(total * (1 - density))" by at most one weight, and is exact for any ties.
+    """
+    _check_density(density)
+    if not params:
+        raise ValueError("no parameters to rank")
+    if within is not None:
+        within._check_same_layout(params, "params")
+    device = next(iter(params.values())).device
+    scores = []
+    for name, p in params.items():
+        s = p.detach().abs().reshape(-1).to(device)
+        if within is not None:
+            s = s.masked_fill(~within[name].reshape(-1).to(device), float("-inf"))
+        scores.append(s)
+    k = round(density * _total(params))
+    if within is not None and k > sum(within.counts().values()):
+        raise ValueError(f"density {density} keeps {k} weights, more than the {sum(within.counts().values())} "
+                         "that `within` leaves; magnitude pruning cannot regrow")
+    return _split(topk_mask(torch.cat(scores), k), params)
+
+
+def layerwise_magnitude_masks(params: Mapping[str, Tensor], densities: Mapping[str, int | float]) -> MaskSet:
+    """Per layer, keep the largest |w|: an int entry is an exact count, a float a fraction (rounded)."""
+    missing = [n for n in params if n not in densities]
+    extra = [n for n in densities if n not in params]
+    if missing or extra:
+        raise ValueError(f"densities: missing layers {missing}, unknown layers {extra}")
+    out = {}
+    for name, p in params.items():
+        d = densities[name]
+        if isinstance(d, bool) or not isinstance(d, (int, float)):
+            raise TypeError(f"densities[{name!r}] must be an int count or a float fraction, got {d!r}")
+        if isinstance(d, float):
+            _check_density(d)
+            d = round(d * p.numel())
+        out[name] = topk_mask(p.detach().abs(), d)
+    return MaskSet(out)
+
+
+def random_masks(params: Mapping[str, Tensor], density: float, generator: torch.Generator, *,
+                 layerwise: bool = False) -> MaskSet:
+    """Random masks keeping exactly round(density * total) weights.
+
+    Global (default): positions drawn uniformly over all layers together, so each layer ends up near
+    `density` (the reference random-pruning baseline). layerwise=True: each layer keeps exactly its
+    uniform share (largest-remainder rounding), drawn in layer order from the same generator.
+    """
+    _check_density(density)
+    if layerwise:
+        counts = uniform({n: tuple(p.shape) for n, p in params.items()}, density)
+        return MaskSet({n: random_mask(p.shape, counts[n], generator, device=p.device) for n, p in params.items()})
+    flat = random_mask((_total(params),), round(density * _total(params)), generator)
+    return _split(flat, params)
+
+
+def imp_round_density(prune_rate: float, round_index: int) -> float:
+    """Density after `round_index` IMP rounds that each prune `prune_rate` of the remaining weights."""
+    if not 0.0 <= prune_rate < 1.0 or round_index < 0:
+        raise ValueError(f"need 0 <= prune_rate < 1 and round_index >= 0, got {prune_rate}, {round_index}")
+    return (1.0 - prune_rate) ** round_index

@@ -1,0 +1,294 @@
+"""The training loop shared by every stage that trains: dense warmup, fine-tuning, tickets, rewiring.
+
+It owns what a stage should not have to think about: the learning-rate schedule, per-epoch evaluation,
+best-checkpoint tracking on val RA, and progress saves that let a killed run continue bit-identically
+on CPU. Randomness comes from generators seeded by (run seed, epoch, step), so a resumed run draws the
+same data order, augmentations and attack starts without replaying anything.
+
+Sparsity plugs in through `TrainingHooks` (re-apply masks after each step, read gradients, rewire the
+topology, stop early when an early-bird ticket appears) and the hooks' state is saved with the progress.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from . import store
+from .attacks import AttackConfig, make_train_attack
+from .data import DataSplits, num_batches, train_batches
+from .evaluation import evaluate, select_best
+from .schema import StrictModel
+from .train_step import adversarial_train_step
+
+
+class OptimizerConfig(StrictModel):
+    name: Literal["sgd"] = "sgd"
+    lr: float = Field(default=0.1, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=5e-4, ge=0)
+    nesterov: bool = False
+
+
+class ScheduleConfig(StrictModel):
+    """Learning rate as a pure function of training progress (so there is no scheduler state to lose)."""
+
+    kind: Literal["multistep", "cosine", "cyclic", "constant"] = "multistep"
+    milestones: list[int] = Field(default_factory=lambda: [100, 150], description="multistep: epochs where lr *= gamma")
+    gamma: float = Field(default=0.1, gt=0)
+    peak_fraction: float = Field(default=0.4, gt=0, lt=1, description="cyclic: lr rises 0 -> lr until this fraction of training, then falls to 0")
+    min_lr: float = Field(default=0.0, ge=0, description="cosine: final lr")
+
+
+def lr_at(schedule: ScheduleConfig, base_lr: float, epoch: int, step: int, steps_per_epoch: int, epochs: int) -> float:
+    t = epoch + step / max(steps_per_epoch, 1)  # fractional epoch
+    if schedule.kind == "constant":
+        return base_lr
+    if schedule.kind == "multistep":
+        return base_lr * schedule.gamma ** sum(1 for m in schedule.milestones if epoch >= m)
+    if schedule.kind == "cosine":
+        return schedule.min_lr + (base_lr - schedule.min_lr) * 0.5 * (1 + math.cos(math.pi * t / epochs))
+    peak = schedule.peak_fraction * epochs  # cyclic (fast AT)
+    return base_lr * (t / peak if t <= peak else max(0.0, (epochs - t) / (epochs - peak)))
+
+
+class EvalConfig(StrictModel):
+    every: int = Field(default=1, ge=1, description="evaluate val/test every N epochs (and always after the last)")
+    val_limit: int | None = Field(default=None, gt=0, description="evaluate on the first N val images only")
+    test_limit: int | None = Field(default=None, gt=0, description="evaluate on the first N test images only")
+    batch_size: int = Field(default=256, gt=0)
+    robust: bool = Field(default=True, description="also measure RA (PGD through advertorch); off: SA only")
+    attack: AttackConfig = Field(default_factory=lambda: AttackConfig(kind="pgd", steps=20))
+
+
+# Fault injection for the resume tests: the process SIGKILLs itself after this many steps of a stage.
+_FAULT_AFTER_STEPS = int(os.environ.get("PIPELINE_FAULT_AFTER_STEPS", "0") or 0)
+
+_MODE_TO_ATTACK = {"clean": "none", "fast": "fgsm_rs", "pgd": "pgd"}
+
+
+class TrainingConfig(StrictModel):
+    mode: Literal["clean", "fast", "pgd"] = Field(default="pgd", description="clean training, FGSM-RS fast AT, or PGD AT")
+    epochs: int = Field(default=200, gt=0)
+    batch_size: int = Field(default=128, gt=0)
+    drop_last: bool = False
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    attack: AttackConfig = Field(default_factory=AttackConfig, description="training attack; its kind follows `mode`")
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    select: Literal["best", "final"] = Field(default="final", description="weights kept as model.safetensors: best val RA epoch, or the last")
+    progress_every_steps: int | None = Field(default=None, gt=0, description="also save progress every N steps (always at each epoch end)")
+    max_steps_per_epoch: int | None = Field(default=None, gt=0, description="cap on batches per epoch (smoke runs)")
+    precision: Literal["fp32", "bf16"] = Field(default="fp32", description="bf16: autocast for forward/backward and attack")
+    channels_last: bool = False
+    compile: bool = Field(default=False, description="torch.compile the model (CUDA)")
+
+    @model_validator(mode="after")
+    def _attack_follows_mode(self):
+        wanted = _MODE_TO_ATTACK[self.mode]
+        if "kind" in self.attack.model_fields_set and self.attack.kind != wanted:
+            raise ValueError(f"attack.kind {self.attack.kind!r} contradicts mode {self.mode!r} (which implies {wanted!r}); set only `mode`")
+        if self.attack.kind != wanted:
+            fields = self.attack.model_dump(exclude_unset=True)
+            fields.pop("kind", None)
+            object.__setattr__(self, "attack", AttackConfig(kind=wanted, **fields))
+        return self
+
+
+class TrainingHooks:
+    """Override what you need. State returned by state_dict() is saved with the progress."""
+
+    def on_start(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        pass
+
+    def after_backward(self, step: int) -> None:
+        pass
+
+    def after_step(self, step: int) -> None:
+        pass
+
+    def end_epoch(self, epoch: int, row: dict) -> bool:
+        """Called after evaluation with the epoch's history row (it may add keys). Return True to stop."""
+        return False
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+@dataclass
+class TrainResult:
+    history: list[dict]
+    best_epoch: int | None
+    best_state: dict | None
+    final_state: dict
+    stopped_early: bool = False
+    steps: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def chosen_state(self, select: str) -> dict:
+        return self.best_state if select == "best" and self.best_state is not None else self.final_state
+
+
+def _cpu_state(model: torch.nn.Module) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
+          hooks: TrainingHooks | None = None) -> TrainResult:
+    hooks = hooks or TrainingHooks()
+    device = ctx.device
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    opt_cfg = cfg.optimizer
+    optimizer = torch.optim.SGD(model.parameters(), lr=opt_cfg.lr, momentum=opt_cfg.momentum,
+                                weight_decay=opt_cfg.weight_decay, nesterov=opt_cfg.nesterov)
+    forward_model = torch.compile(model) if cfg.compile else model
+    attack = make_train_attack(cfg.attack)
+    autocast = torch.bfloat16 if cfg.precision == "bf16" else None
+    steps_per_epoch = num_batches(len(data.train_y), cfg.batch_size, cfg.drop_last)
+    if cfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    select_key = "val_ra" if cfg.eval.robust else "val_sa"
+    best_path = ctx.progress_dir / "best.safetensors"
+
+    epoch, step_in_epoch, global_step = 0, 0, 0
+    sums = {"loss": 0.0, "correct": 0, "n": 0, "seconds": 0.0}
+    best_epoch, best_value, best_state = None, -math.inf, None
+    hooks.on_start(model, optimizer)
+
+    saved = ctx.load_progress()
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        hooks.load_state_dict(saved.get("hooks", {}))
+        epoch, step_in_epoch, global_step = saved["epoch"], saved["step_in_epoch"], saved["global_step"]
+        sums = dict(saved["sums"])
+        best_epoch, best_value = saved["best_epoch"], saved["best_value"]
+        if best_epoch is not None:
+            best_state = store.load_tensors(best_path, saved["best_sha256"])
+
+    def save_progress() -> None:
+        ctx.save_progress({
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "hooks": hooks.state_dict(),
+            "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step, "step": global_step,
+            "sums": dict(sums), "best_epoch": best_epoch, "best_value": best_value,
+            "best_sha256": store.sha256_file(best_path) if best_epoch is not None else None,
+        })
+
+    stopped = False
+    with ctx.console.bar(cfg.epochs, f"{ctx.name} epochs", initial=epoch, leave=True) as ebar:
+        while epoch < cfg.epochs and not stopped:
+            model.train()
+            t0 = time.time()
+            loss_acc = torch.zeros((), device=device)
+            correct_acc = torch.zeros((), device=device, dtype=torch.long)
+            n_acc = 0
+            with ctx.console.bar(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", initial=step_in_epoch) as bbar:
+                batches = train_batches(data.train_x, data.train_y, batch_size=cfg.batch_size, seed=ctx.seed,
+                                        epoch=epoch, augment=data.augment, crop_padding=data.crop_padding,
+                                        device=device, start_batch=step_in_epoch, drop_last=cfg.drop_last)
+                for x, y in batches:
+                    if step_in_epoch >= steps_per_epoch:
+                        break
+                    if cfg.channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    lr = lr_at(cfg.schedule, opt_cfg.lr, epoch, step_in_epoch, steps_per_epoch, cfg.epochs)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    gen = ctx.generator(epoch, step_in_epoch, 1)
+                    step_no = global_step
+                    out = adversarial_train_step(
+                        forward_model, optimizer, x, y, attack=attack, generator=gen, autocast_dtype=autocast,
+                        after_backward=lambda: hooks.after_backward(step_no),
+                        after_step=lambda: hooks.after_step(step_no))
+                    loss_acc += out.loss.detach() * out.n
+                    correct_acc += out.correct
+                    n_acc += out.n
+                    step_in_epoch += 1
+                    global_step += 1
+                    bbar.update(1)
+                    if _FAULT_AFTER_STEPS and global_step == _FAULT_AFTER_STEPS:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    if cfg.progress_every_steps and global_step % cfg.progress_every_steps == 0 \
+                            and step_in_epoch < steps_per_epoch:
+                        sums = _fold(sums, loss_acc, correct_acc, n_acc, time.time() - t0)
+                        loss_acc.zero_(); correct_acc.zero_(); n_acc = 0; t0 = time.time()
+                        save_progress()
+            sums = _fold(sums, loss_acc, correct_acc, n_acc, time.time() - t0)
+            row = {
+                "epoch": epoch + 1,
+                "lr": lr_at(cfg.schedule, opt_cfg.lr, epoch, 0, steps_per_epoch, cfg.epochs),
+                "train_loss": sums["loss"] / max(sums["n"], 1),
+                "train_acc": 100.0 * sums["correct"] / max(sums["n"], 1),
+                "train_seconds": round(sums["seconds"], 3),
+            }
+            if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.epochs:
+                t1 = time.time()
+                row.update(evaluate_splits(model, data, cfg.eval, device, ctx.seed, epoch))
+                row["eval_seconds"] = round(time.time() - t1, 3)
+                value = row.get(select_key)
+                if value is not None and value > best_value:
+                    best_value, best_epoch = value, epoch + 1
+                    best_state = _cpu_state(model)
+                    store.save_tensors(best_path, best_state)
+            stopped = bool(hooks.end_epoch(epoch, row))
+            ctx.log_epoch(row)
+            ctx.console.info(_epoch_line(ctx.name, row, cfg.epochs))
+            epoch += 1
+            step_in_epoch = 0
+            sums = {"loss": 0.0, "correct": 0, "n": 0, "seconds": 0.0}
+            if stopped:
+                break
+            save_progress()
+            ebar.update(1)
+    return TrainResult(history=list(ctx.history), best_epoch=best_epoch, best_state=best_state,
+                       final_state=_cpu_state(model), stopped_early=stopped, steps=global_step)
+
+
+def _fold(sums: dict, loss_acc: torch.Tensor, correct_acc: torch.Tensor, n: int, seconds: float) -> dict:
+    # one host sync per fold instead of one per step
+    return {"loss": sums["loss"] + float(loss_acc), "correct": sums["correct"] + int(correct_acc),
+            "n": sums["n"] + n, "seconds": sums["seconds"] + seconds}
+
+
+def evaluate_splits(model: torch.nn.Module, data: DataSplits, ecfg: EvalConfig, device, seed: int, epoch: int) -> dict:
+    """Val and test SA (and RA under the eval attack) for one history row."""
+    row: dict = {}
+    for split, x, y, limit in (("val", data.val_x, data.val_y, ecfg.val_limit),
+                               ("test", data.test_x, data.test_y, ecfg.test_limit)):
+        if len(y) == 0:
+            continue
+        clean = evaluate(model, x, y, batch_size=ecfg.batch_size, attack=None, device=device, limit=limit)
+        row[f"{split}_sa"] = clean["acc"]
+        row[f"{split}_loss"] = clean["loss"]
+        if ecfg.robust:
+            adv = evaluate(model, x, y, batch_size=ecfg.batch_size, attack=ecfg.attack, device=device,
+                           limit=limit, seed=seed * 1000003 + epoch)
+            row[f"{split}_ra"] = adv["acc"]
+            row[f"{split}_robust_loss"] = adv["loss"]
+    return row
+
+
+def _epoch_line(name: str, row: dict, epochs: int) -> str:
+    parts = [f"[{name}] epoch {row['epoch']}/{epochs}", f"lr {row['lr']:.4g}",
+             f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}"]
+    for key in ("val_sa", "val_ra", "test_sa", "test_ra"):
+        if key in row:
+            parts.append(f"{key} {row[key]:.2f}")
+    parts.append(f"{row['train_seconds'] + row.get('eval_seconds', 0):.1f}s")
+    return "  ".join(parts)
+
+
+def best_epoch_of(history: list[dict], key: str = "val_ra") -> int | None:
+    idx = select_best(history, key)
+    return None if idx is None else history[idx]["epoch"]

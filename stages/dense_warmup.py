@@ -1,0 +1,32 @@
+"""dense_warmup: train a dense model from scratch (or from an input stage): clean, fast AT or PGD AT."""
+from __future__ import annotations
+
+from pipeline.evaluation import summarize_history
+from pipeline.modelcard import model_card
+from pipeline.stage import Stage, StageConfig
+from pipeline.training import TrainingConfig, train
+
+
+class DenseWarmupConfig(StageConfig, TrainingConfig):
+    pass
+
+
+class DenseWarmup(Stage):
+    Config = DenseWarmupConfig
+    input_mode = "optional"
+    summary = "dense training (clean | fast | pgd) from scratch, or from `input`'s weights"
+
+    def run(self, ctx) -> None:
+        cfg: DenseWarmupConfig = ctx.config
+        data = ctx.data()
+        if ctx.input is not None:
+            model, _, card = ctx.load_input_model()
+        else:
+            model, card = ctx.new_model(data), model_card(ctx.cfg.model.arch, data)
+
+        result = train(ctx, cfg, model, data)
+
+        model.load_state_dict(result.chosen_state(cfg.select))
+        ctx.save_model(model, card)
+        ctx.metrics.update(summarize_history(result.history))
+        ctx.metrics.update({"selected": cfg.select, "epochs_run": len(result.history), "steps": result.steps})

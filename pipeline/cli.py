@@ -34,6 +34,32 @@ def _build_parser() -> argparse.ArgumentParser:
     v.add_argument("config")
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
+    rep = sub.add_parser("report", help="write RUN_DIR/report.md with PNG plots of the whole run")
+    rep.add_argument("run_dir", type=Path)
+    rep.add_argument("--out", type=Path, help="report file (default: RUN_DIR/report.md)")
+
+    cmp_ = sub.add_parser("compare", help="side-by-side table of runs (RA/SA best, final, diff, FLOPs, gap)")
+    cmp_.add_argument("run_dirs", type=Path, nargs="+")
+    cmp_.add_argument("--out", type=Path, help="write the table here (markdown; .csv/.json beside it)")
+
+    dw = sub.add_parser("double-win", help="double-win table of transferred tickets (standard and adversarial fine-tuning)")
+    dw.add_argument("run_dirs", type=Path, nargs="+")
+    dw.add_argument("--tolerance", type=float, default=0.0, help="percentage points a ticket may fall below dense")
+
+    b = sub.add_parser("bench", help="time an ONNX model with onnxruntime")
+    b.add_argument("model", type=Path)
+    b.add_argument("--provider", default="cpu", help="cpu | cuda")
+    b.add_argument("--batch-sizes", default="1,64", help="comma-separated, e.g. 1,64")
+    b.add_argument("--runs", type=int, default=100)
+    b.add_argument("--warmup", type=int, default=20)
+    b.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+    b.add_argument("--json", action="store_true")
+
+    pr = sub.add_parser("predict", help="classify image files with an exported ONNX model")
+    pr.add_argument("model", type=Path)
+    pr.add_argument("images", type=Path, nargs="+")
+    pr.add_argument("--top", type=int, default=1)
+
     sub.add_parser("stages", help="installed stage types and their config fields")
     sub.add_parser("models", help="registered model architectures")
     return p
@@ -76,6 +102,26 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "status":
         return _status(args)
+    if args.command == "report":
+        from .report import write_report
+
+        print(write_report(args.run_dir, args.out))
+        return 0
+    if args.command == "compare":
+        from .compare import compare_runs
+
+        text, _ = compare_runs(args.run_dirs, args.out)
+        print(text)
+        return 0
+    if args.command == "double-win":
+        from .double_win import double_win_table, format_double_win
+
+        print(format_double_win(double_win_table(args.run_dirs, tolerance=args.tolerance)))
+        return 0
+    if args.command == "bench":
+        return _bench(args)
+    if args.command == "predict":
+        return _predict(args)
     if args.command == "stages":
         _print_stages()
         return 0
@@ -85,6 +131,44 @@ def _dispatch(args) -> int:
         print("\n".join(list_models()))
         return 0
     raise AssertionError(args.command)
+
+
+def _bench(args) -> int:
+    from exports.ort_runtime import benchmark
+
+    if not args.model.exists():
+        raise PipelineError(f"{args.model}: file not found")
+    try:
+        sizes = tuple(int(b) for b in args.batch_sizes.split(","))
+    except ValueError:
+        raise PipelineError(f"--batch-sizes {args.batch_sizes!r}: expected comma-separated integers") from None
+    res = benchmark(args.model, args.provider, batch_sizes=sizes, runs=args.runs, warmup=args.warmup,
+                    intra_op_threads=args.threads)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    env = res.get("environment", {})
+    print(f"{args.model} on {args.provider} ({env.get('intra_op_threads', '?')} threads, onnxruntime {env.get('onnxruntime', '?')})")
+    for b, r in res["per_batch"].items():
+        print(f"  batch {b:>4}: median {r['median_ms']:.3f} ms  p90 {r['p90_ms']:.3f} ms  "
+              f"p99 {r['p99_ms']:.3f} ms  {r['throughput_img_s']:.0f} img/s")
+    return 0
+
+
+def _predict(args) -> int:
+    from exports.predict import Predictor
+
+    if not args.model.exists():
+        raise PipelineError(f"{args.model}: file not found")
+    predictor = Predictor(args.model)
+    import numpy as np
+
+    for path in args.images:
+        probs = predictor.probabilities(predictor.load_image(path)[None])[0]
+        order = np.argsort(-probs)[: max(args.top, 1)]
+        shown = ", ".join(f"{predictor.class_names[i]} {probs[i]:.3f}" for i in order)
+        print(f"{path}: {shown}")
+    return 0
 
 
 def _status(args) -> int:

@@ -160,19 +160,23 @@ class StageContext:
 
     # -- outputs --------------------------------------------------------------------------------
     def save_model(self, model: torch.nn.Module, card: dict, masks=None, filename: str = "model.safetensors") -> None:
-        state = model.state_dict()
+        """Write the model's weights (exact zeros where masked) and, for model.safetensors, its masks and card."""
+        self.save_weights(model.state_dict(), filename, masks=masks)
+        if filename == "model.safetensors":
+            if masks is not None:
+                self.files["masks.safetensors"] = store.save_tensors(
+                    self.dir / "masks.safetensors", {k: v.bool() for k, v in masks.items()})
+            self.model_card = dict(card)
+
+    def save_weights(self, state: dict, filename: str, masks=None) -> None:
         if masks is not None:
             # stored weights carry exact zeros where masked, whatever the training loop left there
             state = dict(state)
             for name, mask in masks.items():
                 state[name] = state[name] * mask.to(state[name].device, state[name].dtype)
-        # one key only: safetensors writes metadata in hash-map order, and files must be byte-reproducible
-        meta = {"pipeline": json.dumps({"arch": card["arch"], "stage": self.name}, sort_keys=True)}
+        # one metadata key only: safetensors writes metadata in hash-map order, and files must be byte-reproducible
+        meta = {"pipeline": json.dumps({"stage": self.name, "file": filename}, sort_keys=True)}
         self.files[filename] = store.save_tensors(self.dir / filename, state, metadata=meta)
-        if masks is not None and filename == "model.safetensors":
-            self.files["masks.safetensors"] = store.save_tensors(
-                self.dir / "masks.safetensors", {k: v.bool() for k, v in masks.items()})
-        self.model_card = dict(card)
 
     def write_json(self, name: str, obj: Any) -> Path:
         self.files[name] = store.atomic_write_json(self.dir / name, obj)

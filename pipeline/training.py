@@ -21,6 +21,7 @@ import torch
 from pydantic import Field, model_validator
 
 from . import store
+from .flops import TrainingFlopsMeter, count_macs, inference_flops
 from .attacks import AttackConfig, make_train_attack
 from .data import DataSplits, num_batches, train_batches
 from .evaluation import evaluate, select_best
@@ -102,16 +103,28 @@ class TrainingConfig(StrictModel):
 
 
 class TrainingHooks:
-    """Override what you need. State returned by state_dict() is saved with the progress."""
+    """Override what you need. State returned by state_dict() is saved with the progress.
+
+    `step` is the global optimizer-step index within the stage (0-based), identical after a resume.
+    """
 
     def on_start(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         pass
 
     def after_backward(self, step: int) -> None:
-        pass
+        """Dense gradients of the effective weights are in `.grad` here (RigL-style growth reads them)."""
 
-    def after_step(self, step: int) -> None:
-        pass
+    def after_step(self, step: int) -> bool | None:
+        """Right after optimizer.step(). Return True when the per-layer densities changed (FLOPs accounting)."""
+        return None
+
+    def densities(self) -> dict[str, float] | None:
+        """Current kept fraction per weight name (as in model.named_parameters()); None = dense."""
+        return None
+
+    def dense_grad_step(self, step: int) -> bool:
+        """True when this step needed a dense weight gradient (gradient-based growth), for training FLOPs."""
+        return False
 
     def end_epoch(self, epoch: int, row: dict) -> bool:
         """Called after evaluation with the epoch's history row (it may add keys). Return True to stop."""
@@ -160,6 +173,10 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     select_key = "val_ra" if cfg.eval.robust else "val_sa"
     best_path = ctx.progress_dir / "best.safetensors"
+    layer_macs = count_macs(model, (data.in_chans, *data.input_size))
+    dense_flops = inference_flops(layer_macs)["dense_flops"]
+    meter = TrainingFlopsMeter(mode=cfg.mode, attack_steps=cfg.attack.steps if cfg.mode == "pgd" else None)
+    board = _TensorBoard(ctx)
 
     epoch, step_in_epoch, global_step = 0, 0, 0
     sums = {"loss": 0.0, "correct": 0, "n": 0, "seconds": 0.0}
@@ -171,6 +188,7 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         hooks.load_state_dict(saved.get("hooks", {}))
+        meter.load_state_dict(saved["flops"])
         epoch, step_in_epoch, global_step = saved["epoch"], saved["step_in_epoch"], saved["global_step"]
         sums = dict(saved["sums"])
         best_epoch, best_value = saved["best_epoch"], saved["best_value"]
@@ -180,11 +198,16 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
     def save_progress() -> None:
         ctx.save_progress({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "hooks": hooks.state_dict(),
+            "flops": meter.state_dict(),
             "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step, "step": global_step,
             "sums": dict(sums), "best_epoch": best_epoch, "best_value": best_value,
             "best_sha256": store.sha256_file(best_path) if best_epoch is not None else None,
         })
 
+    def sparse_flops() -> float:
+        return inference_flops(layer_macs, hooks.densities())["sparse_flops"]
+
+    f_now = sparse_flops()
     stopped = False
     with ctx.console.bar(cfg.epochs, f"{ctx.name} epochs", initial=epoch, leave=True) as ebar:
         while epoch < cfg.epochs and not stopped:
@@ -207,10 +230,14 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
                         group["lr"] = lr
                     gen = ctx.generator(epoch, step_in_epoch, 1)
                     step_no = global_step
+                    changed = []
                     out = adversarial_train_step(
                         forward_model, optimizer, x, y, attack=attack, generator=gen, autocast_dtype=autocast,
                         after_backward=lambda: hooks.after_backward(step_no),
-                        after_step=lambda: hooks.after_step(step_no))
+                        after_step=lambda: changed.append(hooks.after_step(step_no)))
+                    meter.accumulate(out.n, f_now, dense_flops if hooks.dense_grad_step(step_no) else None)
+                    if any(changed):
+                        f_now = sparse_flops()
                     loss_acc += out.loss.detach() * out.n
                     correct_acc += out.correct
                     n_acc += out.n
@@ -242,7 +269,9 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
                     best_state = _cpu_state(model)
                     store.save_tensors(best_path, best_state)
             stopped = bool(hooks.end_epoch(epoch, row))
+            f_now = sparse_flops()  # end_epoch may change the topology too (early bird, FB+)
             ctx.log_epoch(row)
+            board.log(row)
             ctx.console.info(_epoch_line(ctx.name, row, cfg.epochs))
             epoch += 1
             step_in_epoch = 0
@@ -251,8 +280,66 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
                 break
             save_progress()
             ebar.update(1)
+    board.close()
+    final = inference_flops(layer_macs, hooks.densities())
+    k = meter.attack_steps
+    ctx.record["flops"] = {
+        "inference": {"dense_flops": final["dense_flops"], "sparse_flops": final["sparse_flops"],
+                      "ratio": final["ratio"], "per_image": True},
+        "training": {"paper": meter.paper, "corrected": meter.corrected, "images": meter.images,
+                     "steps": meter.steps, "mode": cfg.mode, "attack_steps": k,
+                     "paper_at_final_density": (k + 1) * 3 * meter.images * final["sparse_flops"],
+                     "dense_equivalent_paper": (k + 1) * 3 * meter.images * final["dense_flops"]},
+        "convention": "FLOPs = 2 x MACs of conv/linear weights; paper: (attack_steps+1) x 3F per image; "
+                      "corrected: 3F per update + 2F per attack step (see pipeline/flops.py)",
+    }
     return TrainResult(history=list(ctx.history), best_epoch=best_epoch, best_state=best_state,
                        final_state=_cpu_state(model), stopped_early=stopped, steps=global_step)
+
+
+class _TensorBoard:
+    """Per-epoch scalars under <run>/tensorboard/<stage>; silently off if tensorboard is not installed."""
+
+    def __init__(self, ctx):
+        self._dir = ctx.run_dir / "tensorboard" / ctx.name
+        self._writer = None
+        self._failed = False
+
+    def log(self, row: dict) -> None:
+        if self._failed:
+            return
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except Exception:  # tensorboard is an optional extra for users of their own environment
+                self._failed = True
+                return
+            self._writer = SummaryWriter(log_dir=str(self._dir))
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._writer.add_scalar(key, value, global_step=row["epoch"])
+        self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def save_trained(ctx, model: torch.nn.Module, card: dict, result: TrainResult, select: str, masks=None) -> None:
+    """model.safetensors = the selected weights; the other of best/final is kept beside it
+    (model_best.safetensors or model_final.safetensors) so evaluation can judge both."""
+    chosen = "best" if select == "best" and result.best_state is not None else "final"
+    model.load_state_dict(result.chosen_state(chosen))
+    ctx.save_model(model, card, masks=masks)
+    files = {"model.safetensors": chosen}
+    if chosen == "best":
+        ctx.save_weights(result.final_state, "model_final.safetensors", masks=masks)
+        files["model_final.safetensors"] = "final"
+    elif result.best_state is not None and result.best_epoch != len(result.history):
+        ctx.save_weights(result.best_state, "model_best.safetensors", masks=masks)
+        files["model_best.safetensors"] = "best"
+    ctx.record["checkpoints"] = {"files": files, "best_epoch": result.best_epoch,
+                                 "final_epoch": len(result.history)}
 
 
 def _fold(sums: dict, loss_acc: torch.Tensor, correct_acc: torch.Tensor, n: int, seconds: float) -> dict:

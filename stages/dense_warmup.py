@@ -4,7 +4,7 @@ from __future__ import annotations
 from pipeline.evaluation import summarize_history
 from pipeline.modelcard import model_card
 from pipeline.stage import Stage, StageConfig
-from pipeline.training import TrainingConfig, train
+from pipeline.training import TrainingConfig, save_trained, train
 
 
 class DenseWarmupConfig(StageConfig, TrainingConfig):
@@ -26,7 +26,6 @@ class DenseWarmup(Stage):
 
         result = train(ctx, cfg, model, data)
 
-        model.load_state_dict(result.chosen_state(cfg.select))
-        ctx.save_model(model, card)
+        save_trained(ctx, model, card, result, cfg.select)
         ctx.metrics.update(summarize_history(result.history))
         ctx.metrics.update({"selected": cfg.select, "epochs_run": len(result.history), "steps": result.steps})

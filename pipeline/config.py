@@ -8,7 +8,9 @@ Top level:
 """
 from __future__ import annotations
 
+import copy
 import difflib
+import typing
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,14 +120,24 @@ def validation_problems(exc: ValidationError, model_cls, prefix: str) -> list[st
     return problems
 
 
+def _model_class(annotation):
+    """The pydantic model inside an annotation such as `X`, `X | None` or `Optional[X]`."""
+    if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_class(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _known_keys(model_cls, loc) -> list[str]:
     cls = model_cls
     for part in loc:
         if isinstance(part, int) or cls is None or not hasattr(cls, "model_fields"):
             return []
         field_info = cls.model_fields.get(part)
-        ann = getattr(field_info, "annotation", None)
-        cls = ann if isinstance(ann, type) else None
+        cls = _model_class(getattr(field_info, "annotation", None))
     return list(getattr(cls, "model_fields", {}) or {})
 
 
@@ -199,6 +211,8 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{p}: YAML syntax error{where}: {getattr(exc, 'problem', exc)}") from None
     if tree is None:
         tree = {}
+    # YAML aliases share one object between stages; a later --set must change only the stage it names.
+    tree = copy.deepcopy(tree)
     if not isinstance(tree, dict):
         raise ConfigError(f"{p}: the top level must be a mapping with run/data/model/stages")
     return tree

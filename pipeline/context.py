@@ -137,15 +137,25 @@ class StageContext:
 
     # -- inputs ---------------------------------------------------------------------------------
     def data(self, data_cfg=None) -> DataSplits:
-        """The run's dataset (or another one, for transfer), loaded once per process."""
+        """The dataset this stage works on, loaded once per process: `data_cfg` when given, else the
+        dataset the input model was last trained on (after a transfer upstream), else the run's."""
         from .data import load_dataset
 
-        data_cfg = data_cfg or self.cfg.data
+        data_cfg = data_cfg or self.model_data_config() or self.cfg.data
         key = data_cfg.model_dump_json()
         if key not in self._data_cache:
             self.log(f"loading dataset {data_cfg.dataset}")
             self._data_cache[key] = load_dataset(data_cfg)
         return self._data_cache[key]
+
+    def model_data_config(self):
+        """The DataConfig a transfer stage upstream recorded for the input model (None: the run's data)."""
+        from .data import DataConfig
+
+        if self.input is None:
+            return None
+        recorded = self.input.model_stage().record.get("model_data")
+        return None if recorded is None else DataConfig.model_validate(recorded)
 
     def new_model(self, data: DataSplits | None = None, arch: str | None = None) -> torch.nn.Module:
         data = data or self.data()

@@ -27,5 +27,5 @@ class DenseWarmup(Stage):
         result = train(ctx, cfg, model, data)
 
         save_trained(ctx, model, card, result, cfg.select)
-        ctx.metrics.update(summarize_history(result.history))
+        ctx.metrics.update(summarize_history(result.history, "val_ra" if cfg.eval.robust else "val_sa"))
         ctx.metrics.update({"selected": cfg.select, "epochs_run": len(result.history), "steps": result.steps})

@@ -1,17 +1,40 @@
-"""finetune: (adversarial) training of the input model; masked weights stay exactly zero."""
+"""finetune: (adversarial) training of the input model; masked weights stay exactly zero.
+
+With a `transfer:` block the input ticket moves to another dataset first (Double-Win, spec §4.2): a new
+dense classifier for B's classes, B's normalisation statistics inside the model, the backbone mask kept.
+`mode: clean` is the standard fine-tuning regime, `mode: pgd` the adversarial one.
+"""
 from __future__ import annotations
 
 from typing import Literal
 
 from pydantic import Field
 
+from pipeline.context import derive_seed
+from pipeline.errors import DataError
 from pipeline.evaluation import summarize_history
 from pipeline.stage import Stage, StageConfig
-from pipeline.training import TrainingConfig, TrainingHooks, train
+from pipeline.training import TrainingConfig, TrainingHooks, save_trained, train
+from pipeline.transfer import (
+    MODEL_DATA_KEY,
+    TransferConfig,
+    check_compatible,
+    dataset_label,
+    retarget_model,
+    transfer_masks,
+    transfer_record,
+)
+
+_HEAD_SEED_TAG = 0x4EAD  # separates the new head's initialisation from every other use of the run seed
 
 
 class FinetuneConfig(StageConfig, TrainingConfig):
     select: Literal["best", "final"] = Field(default="best", description="weights kept: best val RA epoch, or the last")
+    ticket_round: int | None = Field(
+        default=None, ge=1, description="input is an imp stage: fine-tune the ticket of this round instead of the "
+                                        "round that stage selected")
+    transfer: TransferConfig | None = Field(
+        default=None, description="move the input model to another dataset first: new dense head, kept mask")
 
 
 class KeepMasks(TrainingHooks):
@@ -25,25 +48,56 @@ class KeepMasks(TrainingHooks):
         self.masks.apply_(model)
 
     def after_step(self, step: int) -> None:
-        self.masks.apply_(self.model)
-        self.masks.zero_optimizer_state_(self.optimizer, self.model)
+        self.masks.enforce_(self.model, self.optimizer)
+
+    def densities(self) -> dict[str, float]:
+        return self.masks.layer_densities()
 
 
 class Finetune(Stage):
     Config = FinetuneConfig
-    summary = "PGD-AT / fast / clean fine-tuning of the input model, keeping its sparsity mask"
+    summary = "PGD-AT / fast / clean fine-tuning of the input model, keeping its sparsity mask; optional transfer"
 
     def run(self, ctx) -> None:
         cfg: FinetuneConfig = ctx.config
-        data = ctx.data()
-        model, masks, card = ctx.load_input_model()
+        holder = ctx.input.model_stage().name
+        source = holder if cfg.ticket_round is None else f"{holder} round {cfg.ticket_round}"
+        if cfg.ticket_round is not None:
+            from pipeline.sparsity.tickets import load_round  # imp's per-round ticket files
+
+            model, masks, card = load_round(ctx.input.model_stage(), cfg.ticket_round, ctx.device)
+        else:
+            model, masks, card = ctx.load_input_model()
+        if cfg.transfer is not None:
+            tcfg = cfg.transfer
+            data = ctx.data(tcfg.data)
+            check_compatible(card, data, source)
+            source_card, source_masks = card, masks
+            card = retarget_model(model, card, data, head=tcfg.head, seed=derive_seed(ctx.seed, _HEAD_SEED_TAG))
+            masks, dropped = transfer_masks(masks, model, keep=tcfg.keep_mask, new_head=tcfg.head == "new")
+            ctx.record["transfer"] = transfer_record(
+                source_card=source_card, source_stage=holder, source_round=cfg.ticket_round, card=card, data=data,
+                cfg=tcfg, source_masks=source_masks, masks=masks, dropped=dropped, head_layer=model.classifier_name)
+            ctx.record[MODEL_DATA_KEY] = tcfg.data.model_dump(mode="json")
+            ctx.log(f"[{ctx.name}] transfer {source_card.get('dataset')} -> {dataset_label(data.name, data.source)}: "
+                    f"{len(data.train_y)} training images, {data.num_classes} classes; "
+                    f"{ctx.record['transfer']['masks']['note']}")
+        else:
+            inherited = ctx.model_data_config()  # a transferred model keeps training on its own dataset
+            data = ctx.data()
+            if inherited is not None:
+                ctx.record[MODEL_DATA_KEY] = inherited.model_dump(mode="json")
+            if int(card["num_classes"]) != data.num_classes:
+                raise DataError(f"the model of stage {source!r} has {card['num_classes']} classes but "
+                                f"{dataset_label(data.name, data.source)} has {data.num_classes}; "
+                                "add a `transfer:` block to fine-tune it on another dataset")
         hooks = KeepMasks(masks) if masks is not None else None
 
         result = train(ctx, cfg, model, data, hooks=hooks)
 
-        model.load_state_dict(result.chosen_state(cfg.select))
-        ctx.save_model(model, card, masks=masks)
-        ctx.metrics.update(summarize_history(result.history))
+        save_trained(ctx, model, card, result, cfg.select, masks=masks)
+        # the same key the training loop picked its best epoch by, so the metrics describe the kept weights
+        ctx.metrics.update(summarize_history(result.history, "val_ra" if cfg.eval.robust else "val_sa"))
         ctx.metrics.update({"selected": cfg.select, "epochs_run": len(result.history), "steps": result.steps})
         if masks is not None:
             ctx.metrics["density"] = float(masks.density())

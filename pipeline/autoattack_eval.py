@@ -1,0 +1,135 @@
+"""AutoAttack (Croce & Hein, ICML 2020) as an optional evaluation attack, imported lazily.
+
+AutoAttack is not a dependency of the pipeline. The reference code installs from git:
+
+    pip install git+https://github.com/fra31/auto-attack          # import name: autoattack
+
+`pyautoattack` on PyPI (0.2.0) is an unofficial repackaging of the same code with a changed call
+signature (keyword-only arguments, `batch_size=`, returns `(x_adv, y_adv)`); both are accepted.
+Robust accuracy is recomputed here from the returned adversarial images, after checking that
+they stay within the eps ball and in [0, 1].
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from pipeline.errors import PipelineError, StageFailed
+from pipeline.schema import Ratio, StrictModel
+
+INSTALL_HINT = ("pip install git+https://github.com/fra31/auto-attack  "
+                "(or, from PyPI, the unofficial repackaging: pip install pyautoattack==0.2.0)")
+BACKENDS = {"autoattack": "autoattack", "pyautoattack": "pyautoattack"}  # backend -> import name
+Split = Literal["train", "val", "test"]
+
+
+class AutoAttackConfig(StrictModel):
+    """One AutoAttack evaluation; `version: standard` = APGD-CE, APGD-T, FAB-T, Square."""
+
+    kind: Literal["autoattack"] = "autoattack"
+    name: str | None = Field(default=None, description="label of this figure in metrics['ra'] (default autoattack_<version>)")
+    version: Literal["standard", "plus", "rand"] = "standard"
+    norm: Literal["Linf", "L2", "L1"] = "Linf"
+    eps: Ratio = Field(default=8 / 255, gt=0)
+    n: int | None = Field(default=1000, gt=0, description="first n images of each split (null: the whole split)")
+    splits: list[Split] = Field(default_factory=lambda: ["test"], min_length=1)
+    backend: Literal["auto", "autoattack", "pyautoattack"] = Field(
+        default="auto", description="auto: the git package `autoattack` if installed, else `pyautoattack`")
+    on_missing: Literal["error", "skip"] = Field(default="error", description="when no AutoAttack is installed")
+    batch_size: int | None = Field(default=None, gt=0, description="default: the stage's batch_size")
+
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        eps = "" if abs(self.eps - 8 / 255) < 1e-12 or self.norm != "Linf" else f"_eps{self.eps * 255:g}"
+        return f"autoattack_{self.version}{'' if self.norm == 'Linf' else '_' + self.norm}{eps}"
+
+
+def find_autoattack(backend: str = "auto") -> tuple[type, str] | None:
+    """(AutoAttack class, backend name) of the first installed backend, or None."""
+    names = ["autoattack", "pyautoattack"] if backend == "auto" else [backend]
+    for name in names:
+        try:
+            module = importlib.import_module(BACKENDS[name])
+        except ImportError:
+            continue
+        cls = getattr(module, "AutoAttack", None)
+        if cls is not None:
+            return cls, name
+    return None
+
+
+def missing_message(cfg: AutoAttackConfig) -> str:
+    wanted = "AutoAttack" if cfg.backend == "auto" else f"AutoAttack backend {cfg.backend!r}"
+    return (f"attack {cfg.label()!r}: {wanted} is not installed. Install it with: {INSTALL_HINT}; "
+            "or set `on_missing: skip` on this attack to leave the figure out")
+
+
+def _accepts(fn, name: str) -> bool:
+    params = inspect.signature(fn).parameters
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+@contextmanager
+def _isolated_rng(device: torch.device):
+    # AutoAttack seeds the global generators itself; keep the caller's streams untouched
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
+def _budget_exceeded(x_adv: Tensor, x: Tensor, norm: str, eps: float) -> float | None:
+    delta = (x_adv - x).flatten(1)
+    size = {"Linf": delta.abs().amax(1), "L2": delta.norm(p=2, dim=1), "L1": delta.abs().sum(1)}[norm]
+    worst = float(size.max()) if size.numel() else 0.0
+    out_of_range = bool(((x_adv < 0) | (x_adv > 1)).any())
+    return worst if worst > eps * (1 + 1e-4) + 1e-6 or out_of_range else None
+
+
+def run_autoattack(model: nn.Module, x: Tensor, y: Tensor, cfg: AutoAttackConfig, *, device: torch.device | str,
+                   seed: int, batch_size: int) -> dict[str, Any]:
+    """Robust accuracy (%) of `model` (eval mode) under AutoAttack on (N, C, H, W) uint8 or [0, 1] images."""
+    found = find_autoattack(cfg.backend)
+    if found is None:
+        raise PipelineError(missing_message(cfg))
+    cls, backend = found
+    device = torch.device(device)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    x = x.to(device)
+    x = x.to(dtype).div(255.0) if x.dtype == torch.uint8 else x.to(dtype)
+    y = y.to(device).long()
+
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with _isolated_rng(device):
+            kwargs = {"norm": cfg.norm, "eps": float(cfg.eps), "version": cfg.version, "device": str(device),
+                      "seed": int(seed), "verbose": False}
+            adversary = cls(model, **{k: v for k, v in kwargs.items() if _accepts(cls.__init__, k)})
+            run = adversary.run_standard_evaluation
+            bs_key = "bs" if _accepts(run, "bs") and "batch_size" not in inspect.signature(run).parameters else "batch_size"
+            out = run(x, y, **{bs_key: int(batch_size)})
+        x_adv = (out[0] if isinstance(out, (tuple, list)) else out).to(device, x.dtype)
+        if x_adv.shape != x.shape:
+            raise StageFailed(f"AutoAttack ({backend}) returned images of shape {tuple(x_adv.shape)} for {tuple(x.shape)}")
+        worst = _budget_exceeded(x_adv, x, cfg.norm, float(cfg.eps))
+        if worst is not None:
+            raise StageFailed(f"AutoAttack ({backend}) returned images outside the {cfg.norm} ball of {cfg.eps:.6g} "
+                              f"or outside [0, 1] (largest perturbation {worst:.6g}); its figure would be wrong")
+        clean = robust = 0
+        with torch.no_grad():
+            for start in range(0, x.shape[0], batch_size):
+                sl = slice(start, start + batch_size)
+                clean += int((model(x[sl]).argmax(1) == y[sl]).sum())
+                robust += int((model(x_adv[sl]).argmax(1) == y[sl]).sum())
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    n = int(x.shape[0])
+    return {"acc": 100.0 * robust / n, "clean_acc": 100.0 * clean / n, "n": n, "backend": backend}

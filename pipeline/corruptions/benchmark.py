@@ -1,0 +1,151 @@
+"""Corruption robustness of a model: accuracy per corruption x severity, means, and clean accuracy.
+
+Follows RobustBench's convention: the headline figure is the unweighted mean accuracy over
+corruptions and severities (`mean_acc_15` over the 15 standard types, `mean_acc` over every type
+evaluated). A run uses either a published set or generated corruptions, never both in one mean.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, field_validator, model_validator
+from torch import nn
+
+from pipeline.errors import DataError
+from pipeline.evaluation import evaluate
+from pipeline.schema import StrictModel
+
+from .catalog import ALL, SEVERITIES, STANDARD, get
+from .generate import corrupt_images
+from .published import load_published
+
+CorruptionName = Literal[ALL]  # type: ignore[valid-type]
+
+
+class CorruptionConfig(StrictModel):
+    """The `corruptions:` block of the evaluate stage."""
+
+    path: Path | None = Field(default=None, description="directory of a published set: <corruption>.npy "
+                              "(5 severities x N images, uint8 NHWC) and labels.npy (CIFAR-10-C / CIFAR-100-C layout)")
+    generate: bool = Field(default=False, description="generate the corruptions from the test split when `path` "
+                           "is unset or absent (labelled 'generated')")
+    types: list[CorruptionName] | None = Field(default=None, description="default: all 19 (generated) or every "
+                                               "type present in `path`")
+    severities: list[int] = Field(default_factory=lambda: list(SEVERITIES))
+    limit: int | None = Field(default=None, gt=0, description="first N images per corruption x severity")
+    seed: int = Field(default=0, description="generation seed; fixed by default so all runs see the same images")
+    backend: Literal["builtin", "imagecorruptions"] = Field(
+        default="builtin", description="generator: builtin (CIFAR-10-C parameters, any size) or the optional "
+        "imagecorruptions package (ImageNet-C parameters, >= 32 px)")
+    batch_size: int | None = Field(default=None, gt=0, description="default: the stage's batch_size")
+
+    @field_validator("severities")
+    @classmethod
+    def _check_severities(cls, value: list[int]) -> list[int]:
+        bad = [s for s in value if s not in SEVERITIES]
+        if bad or not value or len(set(value)) != len(value):
+            raise ValueError(f"must be distinct values out of {list(SEVERITIES)}, got {value}")
+        return sorted(value)
+
+    @field_validator("types")
+    @classmethod
+    def _check_types(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or len(set(value)) != len(value)):
+            raise ValueError(f"must list distinct corruption names, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _source(self):
+        if self.path is None and not self.generate:
+            raise ValueError("set `path` (a published CIFAR-10-C style directory) or `generate: true`")
+        return self
+
+
+def _to_nchw(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def evaluate_corruptions(model: nn.Module, test_x: torch.Tensor, test_y: torch.Tensor, cfg: CorruptionConfig, *,
+                         device: torch.device | str, batch_size: int, num_classes: int | None = None,
+                         log: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
+    """Evaluate `model` on the corruptions `cfg` names; `test_x` (N, C, H, W) uint8 is the clean test split."""
+    bs = cfg.batch_size or batch_size
+    published = cfg.path is not None and cfg.path.is_dir()
+    if cfg.path is not None and not published and not cfg.generate:
+        raise DataError(f"corruptions.path: directory not found: {cfg.path}; set `generate: true` to generate "
+                        "the corruptions from the test split instead")
+    started = time.time()
+    per: dict[str, list[float]] = {}
+    if published:
+        source = load_published(cfg.path, cfg.types)
+        n = source.per_severity if cfg.limit is None else min(cfg.limit, source.per_severity)
+        labels = torch.from_numpy(source.targets(n))
+        if num_classes is not None and len(labels) and int(labels.max()) >= num_classes:
+            raise DataError(f"{cfg.path}/labels.npy: label {int(labels.max())} but the model has {num_classes} classes")
+        types = source.types
+        shape = source.images(types[0], 1, 1).shape[1:]
+        want = (test_x.shape[2], test_x.shape[3], test_x.shape[1])
+        if tuple(shape) != want:
+            raise DataError(f"{cfg.path}: images are {tuple(shape)} (H, W, C) but the model takes {want}")
+        for name in types:
+            per[name] = [evaluate(model, _to_nchw(source.images(name, s, n)), labels, batch_size=bs,
+                                  device=device)["acc"] for s in cfg.severities]
+            log(f"corruption {name}: " + " ".join(f"{a:.1f}" for a in per[name]))
+        clean_n = min(n, len(test_y))
+        kind, backend = "published", None
+    else:
+        types = list(cfg.types) if cfg.types is not None else list(ALL)
+        n = len(test_y) if cfg.limit is None else min(cfg.limit, len(test_y))
+        clean_hwc = test_x[:n].permute(0, 2, 3, 1).contiguous().numpy()
+        labels = test_y[:n]
+        if cfg.backend == "imagecorruptions":
+            from .library import LibraryCorruptor, library_version
+
+            backend = library_version()
+        else:
+            backend = "builtin"
+        for name in types:
+            accs = []
+            for s in cfg.severities:
+                if cfg.backend == "imagecorruptions":
+                    images = LibraryCorruptor(name, s, cfg.seed)(clean_hwc)
+                else:
+                    images = corrupt_images(clean_hwc, name, s, seed=cfg.seed)
+                accs.append(evaluate(model, _to_nchw(images), labels, batch_size=bs, device=device)["acc"])
+            per[name] = accs
+            log(f"corruption {name} (generated): " + " ".join(f"{a:.1f}" for a in accs))
+        clean_n = n
+        kind = "generated"
+
+    clean = evaluate(model, test_x, test_y, batch_size=bs, device=device, limit=clean_n)["acc"]
+    all_accs = [a for accs in per.values() for a in accs]
+    standard = [a for name in STANDARD if name in per for a in per[name]]
+    result: dict[str, Any] = {
+        "source": kind,
+        "backend": backend,
+        "path": str(cfg.path) if published else None,
+        "seed": cfg.seed if kind == "generated" else None,
+        "n": n,
+        "severities": list(cfg.severities),
+        "types": list(per),
+        "clean_acc": clean,
+        "clean_n": clean_n,
+        "mean_acc": float(np.mean(all_accs)),
+        "mean_acc_15": float(np.mean(standard)) if all(name in per for name in STANDARD) else None,
+        "per_type_mean": {name: float(np.mean(accs)) for name, accs in per.items()},
+        "per": per,
+        "seconds": round(time.time() - started, 3),
+    }
+    if kind == "generated" and backend == "builtin":
+        result["notes"] = {name: get(name).note for name in per if get(name).note}
+    return result
+
+
+def generation_parameters(types: list[str]) -> dict[str, list]:
+    """The builtin generator's parameter per severity, for the record next to the numbers."""
+    return {name: [list(p) if isinstance(p, tuple) else p for p in get(name).params] for name in types}

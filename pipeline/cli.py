@@ -40,7 +40,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     cmp_ = sub.add_parser("compare", help="side-by-side table of runs (RA/SA best, final, diff, FLOPs, gap)")
     cmp_.add_argument("run_dirs", type=Path, nargs="+")
-    cmp_.add_argument("--out", type=Path, help="write the table here (markdown; .csv/.json beside it)")
+    cmp_.add_argument("--out", type=Path, default=Path("comparison.md"),
+                      help="markdown file to write (.csv and .json beside it; default: ./comparison.md)")
+    cmp_.add_argument("--label", dest="labels", action="append", metavar="NAME",
+                      help="row label, once per run in the given order (default: the run's name)")
 
     dw = sub.add_parser("double-win", help="double-win table of transferred tickets (standard and adversarial fine-tuning)")
     dw.add_argument("run_dirs", type=Path, nargs="+")
@@ -78,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:  # an unexpected failure: one line, with the way to see the traceback
         print(f"internal error: {type(exc).__name__}: {exc}\n(set PIPELINE_DEBUG=1 to see the traceback)", file=sys.stderr)
         if debug:
@@ -110,7 +116,7 @@ def _dispatch(args) -> int:
     if args.command == "compare":
         from .compare import compare_runs
 
-        text, _ = compare_runs(args.run_dirs, args.out)
+        text, _ = compare_runs(args.run_dirs, args.out, labels=args.labels)
         print(text)
         return 0
     if args.command == "double-win":

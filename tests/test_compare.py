@@ -1,0 +1,142 @@
+"""`pipeline compare`: the headline-table layout over two real tiny runs and a hand-built sparse run;
+every number is the one its stage.json records (one FLOPs figure is also worked out by hand)."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import store
+from pipeline.compare import compare_runs
+from pipeline.errors import PipelineError
+from pipeline.flops import count_macs
+from pipeline.modelcard import build_model
+
+from .conftest import run_cli, tiny_config
+from .test_report import CARD, build_sparse_run
+
+HEADLINE = ["RA best", "RA final", "RA diff", "SA best", "SA final", "SA diff"]
+
+
+def record(run: Path, stage: str) -> dict:
+    return json.loads((run / stage / "stage.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory) -> list[Path]:
+    tmp = tmp_path_factory.mktemp("cmp")
+    runs = []
+    for seed in (3, 4):
+        cfg = tiny_config()
+        cfg["run"]["seed"] = seed
+        if seed == 4:  # no export / runtime_check: its latency cell stays empty
+            cfg["stages"] = cfg["stages"][:3]
+        path = tmp / f"cfg{seed}.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        run_cli("run", str(path), "--run-dir", str(tmp / f"seed{seed}"), "-q", check=True)
+        runs.append(tmp / f"seed{seed}")
+    return runs
+
+
+def test_two_tiny_runs_side_by_side_through_the_cli(two_runs, tmp_path):
+    out = tmp_path / "table.md"
+    proc = run_cli("compare", *map(str, two_runs), "--out", str(out), check=True)
+    header = proc.stdout.splitlines()[0]
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    assert cols[:7] == ["run", *HEADLINE]
+    assert cols[7].startswith("Train FLOPs paper (×10") and cols[8].startswith("Train FLOPs corrected (×10")
+    assert cols[9].startswith("Inf FLOPs (×10") and cols[10] == "Gap"
+    assert "CPU b1 median (ms)" in cols and "Density" not in cols  # both runs are dense
+    # both runs are named "tiny": their folders tell them apart
+    body = [line for line in proc.stdout.splitlines()[2:4]]
+    assert body[0].startswith("| tiny (seed3) |") and body[1].startswith("| tiny (seed4) |")
+    assert out.read_text() == proc.stdout.rstrip("\n") + "\n"
+    data = json.loads(out.with_suffix(".json").read_text())
+    with out.with_suffix(".csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["label"] for r in rows] == ["tiny (seed3)", "tiny (seed4)"]
+    assert float(rows[0]["ra_best"]) == data["rows"][0]["ra_best"]
+
+    for row, run in zip(data["rows"], two_runs):
+        ft, ev, wu = record(run, "finetune"), record(run, "evaluate"), record(run, "warmup")
+        assert row["final_stage"] == "finetune" and row["evaluate_stage"] == "evaluate"
+        assert row["training_stages"] == ["warmup", "finetune"]
+        for key in ("RA_best", "RA_final", "RA_diff", "SA_best", "SA_final", "SA_diff"):
+            assert row[key.lower()] == ft["metrics"][key]
+        assert row["ra_best"] == ev["metrics"]["history_RA_best"]
+        m = ev["metrics"]
+        if "robust_gap_final" in m:  # the final checkpoint was kept and judged: the paper's gap
+            assert row["robust_gap"] == m["robust_gap_final"] and row["gap_checkpoint"] == "final"
+        else:
+            assert row["robust_gap"] == m["robust_gap"] == m["train_ra"] - m["test_ra"]
+        assert row["train_flops_paper"] == wu["flops"]["training"]["paper"] + ft["flops"]["training"]["paper"]
+        assert row["train_flops_corrected"] == wu["flops"]["training"]["corrected"] + ft["flops"]["training"]["corrected"]
+        assert row["inference_flops"] == ft["flops"]["inference"]["sparse_flops"]
+    assert data["rows"][0]["cpu_b1_median_ms"] == record(two_runs[0], "runtime_check")["metrics"]["cpu_b1_median_ms"]
+    assert data["rows"][1]["cpu_b1_median_ms"] is None and body[1].endswith("| — |")
+
+    # by hand: PGD-3 training, dense model -> paper = (3 + 1) x 3 x F x images, corrected = (3 + 2 x 3) x F x images
+    wu = record(two_runs[0], "warmup")["flops"]
+    f, images = wu["inference"]["dense_flops"], wu["training"]["images"]
+    assert images == 2 * 6 * 64  # 2 epochs x 6 capped steps x batch 64
+    assert wu["training"]["paper"] == pytest.approx(12 * f * images)
+    assert wu["training"]["corrected"] == pytest.approx(9 * f * images)
+    first = data["rows"][0]
+    shown = [c.strip() for c in proc.stdout.splitlines()[2].strip("|").split("|")]
+    assert shown[1] == f"{first['ra_best']:.2f}" and shown[10] == f"{first['robust_gap']:.2f}"
+
+
+def test_sparse_run_beside_a_dense_one_adds_density_attacks_and_corruption(two_runs, tmp_path):
+    sparse = build_sparse_run(tmp_path / "fb")
+    text, data = compare_runs([two_runs[0], sparse], labels=["dense", "Flying Bird"])
+    titles = [c["title"] for c in data["columns"]]
+    assert titles[:10] == [*HEADLINE, "Train FLOPs paper", "Train FLOPs corrected", "Inf FLOPs", "Gap"]
+    assert {"Density", "Corruption mean", "RA autoattack", "Gap (running)"} <= set(titles)
+    assert "RA pgd20" not in titles  # the first attack is the one behind RA best/final and the gap already
+    dense, fb = data["rows"]
+    assert dense["density"] == 1.0 and dense["corruption_mean_acc"] is None and dense["ra_autoattack"] is None
+    assert fb["final_stage"] == "fb" and fb["training_stages"] == ["eb", "fb"]
+    assert fb["train_flops_paper"] == pytest.approx(1.5e10 + 6.0e10)  # early-bird search + rewiring
+    assert fb["train_flops_corrected"] == pytest.approx(1.5e10 + 4.2e10)
+    # inference FLOPs of the weights kept: counted from the rewired masks, not the stage's end-of-training record
+    masks = store.load_tensors(sparse / "fb" / "masks.safetensors")
+    layers = count_macs(build_model(CARD), (1, 8, 8))
+    expected = 2 * sum(layer.macs * masks[layer.param].float().mean().item() for layer in layers)
+    assert fb["inference_flops"] == pytest.approx(expected) and fb["inference_flops"] != 2.3e5
+    assert fb["inference_flops_dense"] == 2 * sum(layer.macs for layer in layers)
+    # gap at the final checkpoint (as the paper), with the running-train variant of the same checkpoint
+    assert fb["robust_gap"] == 14.0 and fb["gap_checkpoint"] == "final" and fb["robust_gap_running_train"] == 20.0
+    assert fb["corruption_mean_acc"] == 70.0
+    assert fb["ra_autoattack"] == 44.0 and fb["best_epoch"] == 5
+    assert fb["ra_best"] == 55.0 and fb["ra_final"] == 50.5 and fb["ra_diff"] == pytest.approx(4.5)
+    gap_dense = dense["robust_gap"]
+    arrow = "↓" if 14.0 < gap_dense else "↑"
+    assert f"| 14.00 ({arrow}{abs(14.0 - gap_dense):.2f}) |" in text  # change against the first run, as the paper
+    assert "Corruption sets: Flying Bird: generated" in text
+    assert "| dense |" in text and "| Flying Bird |" in text
+
+
+def test_final_model_without_an_evaluate_stage_and_unfinished_runs(tmp_path):
+    run = build_sparse_run(tmp_path / "fb")
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["stages"] = [s for s in cfg["stages"] if s["name"] != "evaluate"]
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    shutil.rmtree(run / "evaluate")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.yaml").write_text(yaml.safe_dump({"run": {"name": "empty"}, "stages": [{"name": "w", "type": "dense_warmup"}]}))
+    text, data = compare_runs([run, empty])
+    fb, nothing = data["rows"]
+    assert fb["final_stage"] == "fb" and fb["evaluate_stage"] is None and fb["robust_gap"] is None
+    assert fb["density"] is not None and fb["cpu_b1_median_ms"] == 0.5
+    assert fb["ra_best"] == 55.0
+    assert nothing["final_stage"] is None and nothing["ra_best"] is None
+    assert "empty (`" in text and "no stage has produced a model yet" in text
+    with pytest.raises(PipelineError, match="one per run"):
+        compare_runs([run, empty], labels=["only one"])
+    with pytest.raises(PipelineError, match="not a run directory"):
+        compare_runs([tmp_path])

@@ -1,0 +1,264 @@
+"""`pipeline report`: markdown + PNG plots from a real tiny run, and from a hand-built sparse run folder
+(masks, a rewire update log, an early-bird curve, several attacks, corruptions) for the sparse plots."""
+from __future__ import annotations
+
+import json
+import re
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pipeline import store
+from pipeline.report import early_bird_series, mask_densities, update_series, write_report
+
+from .conftest import run_cli, tiny_config
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, f"{path} is not a PNG"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def referenced_pngs(report: Path) -> list[Path]:
+    names = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", report.read_text())
+    return [report.parent / n for n in names]
+
+
+def check_plots(report: Path) -> list[Path]:
+    pngs = referenced_pngs(report)
+    assert pngs, "the report shows no plots"
+    for p in pngs:
+        assert p.exists(), f"{p} is referenced but missing"
+        w, h = png_size(p)
+        assert w >= 400 and h >= 200 and p.stat().st_size > 8000, f"{p}: {w}x{h}, {p.stat().st_size} bytes"
+    on_disk = sorted((report.parent / "plots").glob("*.png"))
+    assert sorted(pngs) == on_disk, "every plot written is referenced, and only those"
+    return pngs
+
+
+# ------------------------------------------------------------------------------------- a real tiny run
+
+
+def sparse_config() -> dict:
+    """early_bird -> finetune (keeps the ticket) and, beside them, rewire (Flying Bird+) from scratch;
+    evaluate / export / runtime_check on the finetuned ticket."""
+    cfg = tiny_config()
+    warm, ft, ev, export, runtime = cfg["stages"]
+    train = {k: v for k, v in warm.items() if k not in ("name", "type", "mode")}
+    eb = {"name": "eb", "type": "early_bird", **train, "mode": "clean", "epochs": 3, "density": 0.3, "window": 2,
+          "threshold": 0.5, "schedule": {"kind": "multistep", "milestones": [1], "gamma": 0.1}}
+    fbp = {"name": "fbp", "type": "rewire", "method": "flying_bird_plus", "density": 0.3, **train, "epochs": 3,
+           "sparsity": {"update_every": 4, "second_update_every": 4, "adaptive": {"start_epoch": 1, "window": 1}}}
+    ev = {**ev, "input": "finetune",
+          "corruptions": {"generate": True, "types": ["gaussian_noise", "contrast"], "severities": [1, 3, 5], "limit": 32}}
+    cfg["stages"] = [eb, {**ft, "input": "eb"}, fbp, ev, export, runtime]
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("sparse")
+    path = tmp / "cfg.yaml"
+    path.write_text(yaml.safe_dump(sparse_config(), sort_keys=False))
+    run_cli("run", str(path), "--run-dir", str(tmp / "run"), "-q", check=True)
+    return tmp / "run"
+
+
+def rec(run: Path, stage: str) -> dict:
+    return json.loads((run / stage / "stage.json").read_text())
+
+
+def test_report_of_a_real_sparse_run_through_the_cli(real_run):
+    # headless: an interactive backend named in the environment and no display change nothing
+    proc = run_cli("report", str(real_run), env={"MPLBACKEND": "TkAgg", "DISPLAY": ""}, check=True)
+    report = real_run / "report.md"
+    assert proc.stdout.strip() == str(report)
+    text = report.read_text()
+    pngs = {p.name for p in check_plots(report)}
+    assert pngs == {"eb_accuracy.png", "finetune_accuracy.png", "fbp_accuracy.png", "eb_density.png",
+                    "fbp_density.png", "eb_early_bird.png", "fbp_updates.png", "flops.png",
+                    "runtime_check_latency.png", "evaluate_corruption.png"}
+    for stage in ("eb", "finetune", "fbp", "evaluate", "export", "runtime_check"):
+        assert f"| `{stage}` |" in text
+    assert "`finetune` keeps the masks of `eb` unchanged." in text
+    ev = rec(real_run, "evaluate")["metrics"]
+    assert f"| test | {ev['test_n']} | {ev['test_sa']:.2f} | {ev['test_ra']:.2f} |" in text
+    corr = ev["corruption"]
+    accs = corr["per"]["contrast"]
+    assert f"| contrast | {accs[0]:.1f} | {accs[1]:.1f} | {accs[2]:.1f} | {sum(accs) / 3:.1f} |" in text
+    assert "| corruption | severity 1 | severity 3 | severity 5 | mean |" in text
+    assert f"mean over all corruptions and severities {corr['mean_acc']:.2f} %" in text
+    eb = rec(real_run, "eb")
+    assert f"the early bird was drawn at epoch {eb['early_bird']['epoch']}" in text
+    assert f"overall density {eb['sparsity']['density']:.4f}" in text
+    # the update log's totals agree with the rewire stage's own record
+    fb = rec(real_run, "fbp")
+    n_updates = len((real_run / "fbp" / "updates.jsonl").read_text().splitlines())
+    assert n_updates == fb["sparsity"]["events"] > 0
+    changed = fb["sparsity"]["connections_changed"]
+    assert f"From `updates.jsonl` ({n_updates} updates); {changed:,} connections changed in all" in text
+    assert f"{fb['sparsity']['ever_active']:.2%} of the prunable weights were active" in text
+    assert "## Resolved config" in text and "type: rewire" in text
+    assert "PGD-3, eps 8/255, step 2/255" in text
+
+
+def test_report_is_repeatable_and_out_elsewhere(real_run, tmp_path):
+    first = write_report(real_run, tmp_path / "a" / "r.md")
+    again = write_report(real_run, tmp_path / "b" / "r.md")
+    assert first.read_text() == again.read_text()
+    for png in (tmp_path / "a" / "plots").glob("*.png"):
+        assert png.read_bytes() == (tmp_path / "b" / "plots" / png.name).read_bytes(), png.name
+    check_plots(first)
+
+
+# ------------------------------------------------------------------------------ a hand-built sparse run
+
+
+def _stage(run: Path, name: str, stype: str, *, input: str | None = None, model_from: str | None = None,
+           metrics: dict | None = None, files: dict[str, bytes | dict] | None = None, config: dict | None = None,
+           **sections) -> None:
+    sdir = run / name
+    sdir.mkdir(parents=True)
+    shas = {}
+    for fname, content in (files or {}).items():
+        if isinstance(content, dict):
+            shas[fname] = store.save_tensors(sdir / fname, content)
+        else:
+            shas[fname] = store.atomic_write_bytes(sdir / fname, content)
+    record = {"name": name, "type": stype, "status": "done",
+              "config": config or {"name": name, "type": stype, "input": input}, "input": input, "model": CARD, "model_from": model_from, "metrics": metrics or {}, **sections,
+              "files": shas, "timings": {"seconds": 1.5}}
+    store.atomic_write_json(sdir / "stage.json", record)
+
+
+def _jsonl(rows: list[dict]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def history_rows(n: int, best: int) -> list[dict]:
+    rows = []
+    for e in range(1, n + 1):
+        ra = 40 + 3 * min(e, best) - 1.5 * max(0, e - best)  # peaks at `best`, then overfits
+        rows.append({"epoch": e, "lr": 0.1 if e <= best else 0.01, "train_loss": 2.0 - 0.1 * e, "train_acc": 30.0 + 5 * e,
+                     "val_sa": 60.0 + e, "val_ra": ra + 1, "test_sa": 58.0 + e, "test_ra": ra})
+    return rows
+
+
+CARD = {"arch": "small_cnn", "num_classes": 10, "in_chans": 1, "input_size": [8, 8], "mean": [0.3], "std": [0.4],
+        "class_names": [str(i) for i in range(10)], "dataset": "digits"}
+
+
+def build_sparse_run(run: Path) -> Path:
+    """Hand-built: early_bird -> rewire (Flying Bird+ update log) -> evaluate (best and final checkpoints, two
+    attacks, corruptions) -> runtime_check (CPU ok, CUDA skipped). Masks fit the real small_cnn."""
+    from pipeline.modelcard import build_model
+    from pipeline.sparsity.masks import prunable_params
+
+    g = torch.Generator().manual_seed(0)
+    masks = {n: torch.rand(p.shape, generator=g) < 0.3 for n, p in prunable_params(build_model(CARD)).items()}
+    config = {"run": {"name": "fb", "seed": 1}, "data": {"dataset": "digits"}, "model": {"arch": "small_cnn"},
+              "stages": [{"name": "eb", "type": "early_bird"}, {"name": "fb", "type": "rewire", "input": "eb"},
+                         {"name": "evaluate", "type": "evaluate", "input": "fb"},
+                         {"name": "runtime_check", "type": "runtime_check", "input": "evaluate"}]}
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    curve = [{"update": i, "epoch": i + 1, "previous": None if i == 0 else 0.3 / (i + 1),
+              "window": [] if i < 2 else [0.3 / (i + 1), 0.2 / i], "fired": i == 4} for i in range(5)]
+    _stage(run, "eb", "early_bird", metrics={"density": 0.3},
+           files={"history.jsonl": _jsonl(history_rows(5, 5)), "masks.safetensors": masks},
+           early_bird={"emerged": True, "epoch": 5, "window": 3, "threshold": 0.08, "curve": curve},
+           flops={"inference": {"dense_flops": 1.0e6, "sparse_flops": 3.0e5, "ratio": 0.3},
+                  "training": {"paper": 1.5e10, "corrected": 1.5e10, "images": 1000}})
+    # the rewire log as stages/rewire.py writes it; Flying Bird+ signals from the 5th update on
+    updates = [{"event_index": i + 1, "event": "prune_grow", "step": 10 * (i + 1) - 1, "epoch": i // 2,
+                "drop_fraction": 0.5, "dropped": 20, "grown": 20, "changed": 40 - 3 * i, "density": 0.3 - 0.01 * i,
+                "ever_active": 0.3 + 0.04 * i, "prune_signal": None if i < 4 else [0.0, 1.0, 1.0, 0.5][i - 4],
+                "grow_signal": None if i < 4 else 0.0, "adaptive": i >= 4, "extra_pruned": 7 if i in (5, 6) else 0,
+                "extra_grown": 0, "layer_density": {}, "layer_changed": {}} for i in range(8)]
+    fb_masks = {n: m.clone() for n, m in masks.items()}
+    fb_masks["net.features.3.weight"][0] = ~fb_masks["net.features.3.weight"][0]
+    _stage(run, "fb", "rewire", input="eb", metrics={"density": 0.23},
+           files={"history.jsonl": _jsonl(history_rows(8, 5)), "masks.safetensors": fb_masks,
+                  "updates.jsonl": _jsonl(updates)},
+           config={"name": "fb", "type": "rewire", "input": "eb",
+                   "sparsity": {"adaptive": {"prune_threshold": 0.5, "grow_threshold": 0.5}}},
+           flops={"inference": {"dense_flops": 1.0e6, "sparse_flops": 2.3e5, "ratio": 0.23},
+                  "training": {"paper": 6.0e10, "corrected": 4.2e10, "images": 8000}})
+    corruption = {"source": "generated", "clean_acc": 90.0, "mean_acc": 70.0, "mean_acc_15": 71.0,
+                  "per": {"gaussian_noise": [80, 75, 70, 65, 60], "fog": [85, 80, 75, 70, 65]}}
+    pgd = {"kind": "pgd", "eps": 8 / 255, "step": 2 / 255, "steps": 20, "random_start": True, "restarts": 1}
+    best = {"epoch": 5, "sa": {"test": 66.0}, "ra": {"pgd20": {"train": 60.0, "test": 48.5, "gap": 11.5}},
+            "robust_gap": 11.5, "robust_gap_running_train": 20.0}
+    final = {"epoch": 8, "sa": {"test": 69.0}, "ra": {"pgd20": {"train": 64.0, "test": 50.0, "gap": 14.0}},
+             "robust_gap": 14.0, "robust_gap_running_train": 20.0}
+    _stage(run, "evaluate", "evaluate", input="fb", model_from="fb",
+           metrics={"checkpoint": "best", "train_ra": 60.0, "test_ra": 48.5, "train_sa": 80.0, "test_sa": 66.0,
+                    "test_n": 100, "train_n": 100, "robust_gap": 11.5, "robust_gap_running_train": 20.0, "attack": pgd,
+                    "ra": {"pgd20": {"test": 48.5, "val": 50.0, "train": 60.0, "attack": pgd},
+                           "autoattack": {"test": 44.0, "attack": {"kind": "autoattack", "eps": 8 / 255,
+                                                                   "version": "standard"}}},
+                    "checkpoints": {"best": best, "final": final}, "robust_gap_best": 11.5, "robust_gap_final": 14.0,
+                    "robust_overfitting": 4.5, "robust_overfitting_measured": -1.5, "corruption": corruption})
+    ok = {"status": "ok", "per_batch": {"1": {"median_ms": 0.5, "p90_ms": 0.7, "p99_ms": 0.9, "throughput_img_s": 2000.0},
+                                        "64": {"median_ms": 8.0, "p90_ms": 9.0, "p99_ms": 9.5, "throughput_img_s": 8000.0}},
+          "environment": {"cpu": "test cpu", "intra_op_threads": 1, "onnxruntime": "1.0"}}
+    _stage(run, "runtime_check", "runtime_check", input="evaluate", model_from="fb",
+           metrics={"cpu_b1_median_ms": 0.5},
+           runtime={"model": "export/model.onnx", "providers": {"cpu": ok, "cuda": {"status": "skipped", "reason": "no GPU"}}})
+    return run
+
+
+def test_report_of_a_hand_built_run_shows_attacks_checkpoints_corruptions_and_fbp_signals(tmp_path):
+    run = build_sparse_run(tmp_path / "run")
+    report = write_report(run)
+    text = report.read_text()
+    names = {p.name for p in check_plots(report)}
+    assert names == {"eb_accuracy.png", "fb_accuracy.png", "eb_density.png", "fb_density.png", "fb_updates.png",
+                     "eb_early_bird.png", "evaluate_corruption.png", "flops.png", "runtime_check_latency.png"}
+    assert "the early bird was drawn at epoch 5" in text and "threshold 0.08" in text
+    assert "Best val RA at epoch 5: test RA 55.00 (final 50.50, robust overfitting 4.50 pp)" in text
+    assert "| autoattack | 44.00 |" in text and "| pgd20 | 48.50 | 50.00 | 60.00 |" in text
+    assert "| best | 5 | 66.00 | 48.50 | 60.00 | 11.50 | 20.00 |" in text
+    assert "| final | 8 | 69.00 | 50.00 | 64.00 | 14.00 | 20.00 |" in text
+    assert "robust overfitting measured here: test RA of the best checkpoint − of the final one: -1.50 pp" in text
+    assert "| gaussian noise | 80.0 | 75.0 | 70.0 | 65.0 | 60.0 | 70.0 |" in text
+    assert "| cuda | skipped |" in text
+    assert "From `updates.jsonl` (8 updates); 236 connections changed in all" in text  # 40 + 37 + ... + 19
+    assert "2 update(s) pruned or grew extra on the Flying Bird+ signals" in text
+    masks = store.load_tensors(run / "fb" / "masks.safetensors")
+    per_layer, overall = mask_densities(masks)
+    kept = sum(int(m.sum()) for m in masks.values())
+    assert overall == kept / sum(m.numel() for m in masks.values())
+    assert f"overall density {overall:.4f}" in text
+    assert per_layer["net.fc.weight"] == pytest.approx(masks["net.fc.weight"].float().mean().item())
+
+
+def test_a_damaged_file_costs_only_its_section(tmp_path):
+    run = build_sparse_run(tmp_path / "run")
+    (run / "fb" / "updates.jsonl").write_text('{"step": 1}\n')  # sha256 no longer matches stage.json
+    text = write_report(run).read_text()
+    assert "could not be made" in text and "updates.jsonl" in text
+    assert "## Robustness evaluation" in text and "## FLOPs" in text
+
+
+def test_series_readers_hand_checked():
+    s = update_series([{"step": 5, "pruned": {"a": 2, "b": 1}, "grown": {"a": 2, "b": 1},
+                        "densities": {"a": 0.5, "b": 0.25}}], sizes={"a": 100, "b": 300})
+    assert s["x"] == [5] and s["changed"] == [6]
+    assert s["density"] == [pytest.approx((0.5 * 100 + 0.25 * 300) / 400)]
+    eb = early_bird_series({"early_bird": {"threshold": 0.1, "epoch": None, "curve": [
+        {"epoch": 1, "previous": None, "window": [], "fired": False},
+        {"epoch": 2, "previous": 0.2, "window": [0.2, 0.3], "fired": False}]}})
+    assert eb["previous"] == [None, 0.2] and eb["window"] == [None, 0.3] and eb["fired_epoch"] is None
+
+
+def test_not_a_run_directory_is_a_clear_error(tmp_path):
+    proc = run_cli("report", str(tmp_path))
+    assert proc.returncode != 0 and "not a run directory" in proc.stderr

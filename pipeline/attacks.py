@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from pipeline.compat import import_advertorch
 from pipeline.schema import Ratio, StrictModel
 
-TrainAttack = Callable[[nn.Module, Tensor, Tensor, "torch.Generator | None"], Tensor]
+TrainAttack = Callable[[nn.Module, Tensor, Tensor, torch.Generator | None], Tensor]
 
 FGSM_RS_STEP_FACTOR = 1.25  # Wong et al. (2020): step = 1.25 * eps
 _RATIO = TypeAdapter(Ratio)

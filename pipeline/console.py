@@ -16,12 +16,18 @@ class Console:
 
     def info(self, msg: str) -> None:
         if not self.quiet:
-            print(msg, file=sys.stderr, flush=True)
+            self._print(msg)
         self._log(msg)
 
     def always(self, msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
+        self._print(msg)
         self._log(msg)
+
+    def _print(self, msg: str) -> None:
+        if self.bars:
+            tqdm.write(msg, file=sys.stderr)  # above the live bars instead of through them
+        else:
+            print(msg, file=sys.stderr, flush=True)
 
     def _log(self, msg: str) -> None:
         if self.log_file is not None:

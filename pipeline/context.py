@@ -1,6 +1,7 @@
 """What a stage sees while it runs (`StageContext`) and how it reads a finished stage (`StageHandle`)."""
 from __future__ import annotations
 
+import copy
 import json
 import random
 import shutil
@@ -59,11 +60,17 @@ class StageHandle:
     def read_tensors(self, name: str) -> dict[str, torch.Tensor]:
         return store.load_tensors(self.dir / name, self.record.get("files", {}).get(name) or _missing(self, name))
 
-    def history(self) -> list[dict]:
+    def history(self, all_rows: bool = False) -> list[dict]:
+        """Epoch rows of the weights this stage hands on. A stage that trains several times (imp rounds)
+        names the rows that belong to them in stage.json `history_select`; `all_rows` returns everything."""
         if not self.has_file("history.jsonl"):
             return []
         path = self.file("history.jsonl")
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        select = self.record.get("history_select")
+        if select and not all_rows:
+            rows = [r for r in rows if all(r.get(k) == v for k, v in select.items())]
+        return rows
 
     def model_stage(self) -> "StageHandle":
         """The stage holding the weights this stage is about (evaluate/export pass their input's along)."""
@@ -73,7 +80,8 @@ class StageHandle:
         return self
 
     def load_model(self, device: torch.device | str = "cpu", weights: str = "model.safetensors"):
-        """Return (model, masks or None, card). The model is rebuilt from the card, then weights are loaded strictly."""
+        """Return (model, masks or None, card). The model is rebuilt from the card, then weights are loaded
+        strictly. Masks: masks.safetensors for model.safetensors, else `<weights stem>.masks.safetensors`."""
         holder = self.model_stage()
         card = holder.card
         if card is None:
@@ -87,10 +95,12 @@ class StageHandle:
                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
             )
         masks = None
-        if holder.has_file("masks.safetensors"):
+        masks_file = "masks.safetensors" if weights == "model.safetensors" else \
+            weights.removesuffix(".safetensors") + ".masks.safetensors"
+        if holder.has_file(masks_file):
             from .sparsity import MaskSet
 
-            masks = MaskSet(holder.read_tensors("masks.safetensors"))
+            masks = MaskSet(holder.read_tensors(masks_file))
         return model.to(device), (masks.to(device) if masks is not None else None), card
 
 
@@ -132,6 +142,9 @@ class StageContext:
         self.model_from: str | None = None
         self._data_cache = data_cache
         self._history: list[dict] = []
+        self._progress_dir = self.dir / PROGRESS_DIR
+        self._parent: StageContext | None = None
+        self._tag: dict = {}
         self.input: StageHandle | None = StageHandle(self.run_dir, stage_cfg.input) if stage_cfg.input else None
         self.dir.mkdir(parents=True, exist_ok=True)
 
@@ -222,13 +235,29 @@ class StageContext:
         self._write_history()
 
     def _write_history(self) -> None:
+        if self._parent is not None:  # a sub-run's rows land in the stage's history, tagged
+            self._parent.set_history(self._parent_rows + [{**self._tag, **r} for r in self._history])
+            return
         text = "".join(json.dumps(r, default=store._json_default) + "\n" for r in self._history)
         self.files["history.jsonl"] = store.atomic_write_text(self.dir / "history.jsonl", text)
+
+    def sub_context(self, name: str, tag: dict) -> "StageContext":
+        """A view of this stage for one of several training runs inside it (e.g. an IMP round): its own
+        progress folder (progress/<name>/), history (appended to the stage's, rows tagged with `tag`)
+        and `record`; files, metrics and everything else are shared with the stage."""
+        sub = copy.copy(self)
+        sub.name = f"{self.name}/{name}"
+        sub._progress_dir = self.progress_dir / name
+        sub.record = {}
+        sub._history = []
+        sub._parent, sub._tag = self, dict(tag)
+        sub._parent_rows = list(self._history)
+        return sub
 
     # -- mid-stage progress -----------------------------------------------------------------------
     @property
     def progress_dir(self) -> Path:
-        return self.dir / PROGRESS_DIR
+        return self._progress_dir
 
     def save_progress(self, state: dict) -> None:
         """Everything needed to continue this stage; loadable weights-only. Call at safe points only."""

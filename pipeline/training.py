@@ -68,8 +68,10 @@ class EvalConfig(StrictModel):
     attack: AttackConfig = Field(default_factory=lambda: AttackConfig(kind="pgd", steps=20))
 
 
-# Fault injection for the resume tests: the process SIGKILLs itself after this many steps of a stage.
+# Fault injection for the resume tests: the process SIGKILLs itself after this many training steps of
+# one stage (counted over all train() calls of the stage, e.g. IMP rounds).
 _FAULT_AFTER_STEPS = int(os.environ.get("PIPELINE_FAULT_AFTER_STEPS", "0") or 0)
+_steps_per_stage: dict = {}
 
 _MODE_TO_ATTACK = {"clean": "none", "fast": "fgsm_rs", "pgd": "pgd"}
 
@@ -244,8 +246,10 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
                     step_in_epoch += 1
                     global_step += 1
                     bbar.update(1)
-                    if _FAULT_AFTER_STEPS and global_step == _FAULT_AFTER_STEPS:
-                        os.kill(os.getpid(), signal.SIGKILL)
+                    if _FAULT_AFTER_STEPS:
+                        done = _steps_per_stage[ctx.dir] = _steps_per_stage.get(ctx.dir, 0) + 1
+                        if done == _FAULT_AFTER_STEPS:
+                            os.kill(os.getpid(), signal.SIGKILL)
                     if cfg.progress_every_steps and global_step % cfg.progress_every_steps == 0 \
                             and step_in_epoch < steps_per_epoch:
                         sums = _fold(sums, loss_acc, correct_acc, n_acc, time.time() - t0)

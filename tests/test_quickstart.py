@@ -38,4 +38,4 @@ def test_all_stages_end_to_end(write_config, tmp_path):
 
 def test_root_pipeline_yaml_is_valid():
     proc = run_cli("validate", str(REPO / "pipeline.yaml"), check=True)
-    assert "warmup -> finetune -> evaluate -> export -> runtime_check" in proc.stdout
+    assert "warmup -> early_bird -> finetune -> evaluate -> export -> runtime_check" in proc.stdout

@@ -1,0 +1,232 @@
+"""Static tickets: masks from a `criterion:` block, the hooks that keep a ticket's mask while it trains,
+rewind points, and reading one IMP round's ticket back.
+
+Shared by the `early_bird` and `imp` stages; any stage may load an IMP round through `load_round`
+(stages do not import each other).
+
+Criteria. `global_magnitude` is our exact global top-k of |w| over all layers of the scope together
+(one threshold, as both papers prune). `random` ranks uniformly random scores the same way, so it is
+also exact and can prune among survivors. The nni names (`level`, `l1`, `l2`, `fpgm`) rank per layer
+(or per filter) through nni's pruners; without a `config_list` every layer of the scope gets the
+target sparsity.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import re
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from pydantic import Field, field_validator, model_validator
+from torch import nn
+
+from pipeline.errors import CheckpointError, ConfigError
+from pipeline.schema import StrictModel
+from pipeline.training import TrainingHooks
+
+from .magnitude import global_magnitude_masks
+from .masks import MaskSet, prunable_params
+
+if TYPE_CHECKING:
+    from pipeline.context import StageHandle
+
+Scope = Literal["conv", "conv_linear"]
+SCOPE_KINDS: dict[str, tuple[str, ...]] = {"conv": ("conv",), "conv_linear": ("conv", "linear")}
+OWN_PRUNERS = ("global_magnitude", "random")
+_SCOPE_KEYS = ("scope", "dense_first", "dense_last")
+
+
+def _nni_names() -> tuple[dict, dict]:
+    from .nni_criteria import NEEDS_TRAINING, PRUNERS  # does not import nni itself
+
+    return PRUNERS, NEEDS_TRAINING
+
+
+class CriterionConfig(StrictModel):
+    """Which weights a ticket keeps. Stages subclass it to set their default `scope`."""
+
+    pruner: str = Field(default="global_magnitude",
+                        description="global_magnitude (exact global |w| top-k) | random | nni: level | l1 | l2 | fpgm")
+    config_list: list[dict[str, Any]] | None = Field(
+        default=None, description="nni v3 config_list (nni pruners only); entries without sparse_ratio get the target sparsity")
+    scope: Scope = Field(default="conv_linear", description="prunable weights: conv, or conv and linear")
+    dense_first: bool = Field(default=False, description="leave the first conv dense")
+    dense_last: bool = Field(default=False, description="leave the classifier dense")
+
+    @field_validator("pruner")
+    @classmethod
+    def _known_pruner(cls, value: str) -> str:
+        pruners, needs_training = _nni_names()
+        if value in OWN_PRUNERS or value in pruners:
+            return value
+        valid = ", ".join([*OWN_PRUNERS, *sorted(pruners)])
+        if value in needs_training:
+            raise ValueError(f"{value!r} is not supported here: {needs_training[value]}; use one of {valid}")
+        raise ValueError(f"unknown pruner {value!r}; valid: {valid}")
+
+    @model_validator(mode="after")
+    def _config_list_for_nni_only(self):
+        if self.config_list is None:
+            return self
+        if self.pruner in OWN_PRUNERS:
+            raise ValueError(f"config_list: only used with the nni pruners (level, l1, l2, fpgm); "
+                             f"{self.pruner!r} ranks the weights of `scope`")
+        clash = [k for k in _SCOPE_KEYS if k in self.model_fields_set]
+        if clash:
+            raise ValueError(f"{clash[0]}: config_list already chooses the layers; set one or the other")
+        for i, entry in enumerate(self.config_list):
+            if not isinstance(entry, dict):
+                raise ValueError(f"config_list: entry {i} must be a mapping (nni v3 format)")
+        return self
+
+
+def scope_params(model: nn.Module, criterion: CriterionConfig | None = None, *, scope: Scope | None = None,
+                 dense_first: bool | None = None, dense_last: bool | None = None) -> dict[str, nn.Parameter]:
+    """The weights a criterion ranks (keyword arguments override the criterion's)."""
+    scope = scope or (criterion.scope if criterion else "conv_linear")
+    first = dense_first if dense_first is not None else bool(criterion and criterion.dense_first)
+    last = dense_last if dense_last is not None else bool(criterion and criterion.dense_last)
+    return prunable_params(model, include=SCOPE_KINDS[scope], dense_first=first, dense_last=last)
+
+
+def ticket_masks(model: nn.Module, criterion: CriterionConfig, density: float, *, within: MaskSet | None = None,
+                 generator: torch.Generator | None = None, where: str = "criterion") -> MaskSet:
+    """Masks keeping `density` of the criterion's weights (for nni entries without their own sparse_ratio).
+
+    `within` (IMP): only its kept entries compete, so the result is a subset of it and `density` stays
+    relative to all weights (IMP round k passes (1 - p)^k). `random` needs `generator`. `where` is the
+    config path used in error messages.
+    """
+    if criterion.pruner in OWN_PRUNERS:
+        params = scope_params(model, criterion)
+        if not params:
+            raise ConfigError(f"{where}.scope: the model has no {criterion.scope} weights to prune")
+        if criterion.pruner == "random":
+            if generator is None:
+                raise ValueError("the random criterion needs a generator")
+            # uniform scores ranked by the same exact top-k: exact counts, and pruning among survivors works
+            params = {n: torch.rand(p.shape, generator=generator, device=generator.device).to(p.device)
+                      for n, p in params.items()}
+        try:
+            return global_magnitude_masks(params, density, within=within)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return _nni_masks(model, criterion, density, within, where)
+
+
+def _nni_masks(model: nn.Module, criterion: CriterionConfig, density: float, within: MaskSet | None,
+               where: str) -> MaskSet:
+    from .nni_criteria import criterion_masks
+
+    sparsity = 1.0 - density
+    if criterion.config_list is None:
+        names = [n.removesuffix(".weight") for n in scope_params(model, criterion)]
+        config_list = [{"op_names": names, "sparse_ratio": sparsity}]
+    else:
+        config_list = [entry if "sparse_ratio" in entry else {**entry, "sparse_ratio": sparsity}
+                       for entry in criterion.config_list]
+    work = model
+    if within is not None:  # pruned weights must rank last whatever the model holds there
+        work = copy.deepcopy(model)
+        within.apply_(work)
+    try:
+        masks = criterion_masks(work, pruner=criterion.pruner, config_list=config_list)
+    except ConfigError as exc:
+        raise ConfigError([f"{where}.{p}" for p in exc.problems]) from None
+    if within is None:
+        return masks
+    if list(masks) != list(within):
+        raise ConfigError(f"{where}: the nni pruner masked layers {list(masks)}, but the previous mask covers "
+                          f"{list(within)}; keep config_list the same across rounds")
+    return MaskSet({n: m & within[n].to(m.device) for n, m in masks.items()})
+
+
+def sparsity_record(masks: MaskSet) -> dict[str, Any]:
+    """The `sparsity` section of stage.json."""
+    kept, total = sum(masks.counts().values()), sum(masks.sizes().values())
+    return {"density": kept / total if total else 1.0, "sparsity": 1.0 - kept / total if total else 0.0,
+            "kept": kept, "total": total, "layers": masks.layer_densities()}
+
+
+# ---------------------------------------------------------------------------------------------- rewinding
+
+_REWIND = re.compile(r"^(init|pretrained|epoch_([1-9][0-9]*))$")
+
+
+def rewind_epoch(value: str | None) -> int | None:
+    """'init' / 'pretrained' -> 0 (the stage's starting weights), 'epoch_N' -> N, None -> None."""
+    if value is None:
+        return None
+    match = _REWIND.match(value)
+    if match is None:
+        raise ValueError(f"rewind point must be 'init', 'pretrained' or 'epoch_N' (N >= 1), got {value!r}")
+    return int(match.group(2)) if match.group(2) else 0
+
+
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+class TicketHooks(TrainingHooks):
+    """Training hooks of a ticket: keep `masks` in force (weights and momentum re-zeroed after every
+    step; None = dense) and take a snapshot of the whole state (BN statistics included) at the end of
+    epoch `snapshot_epoch` (0 = the starting weights) for rewinding. A snapshot of a later epoch is part
+    of the progress state, so it survives a resume; the starting weights are rebuilt by the stage.
+    """
+
+    def __init__(self, masks: MaskSet | None = None, snapshot_epoch: int | None = None):
+        self.masks = masks
+        self.snapshot_epoch = snapshot_epoch
+        self.snapshot: dict[str, torch.Tensor] | None = None
+
+    def on_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.model, self.optimizer = model, optimizer
+        if self.snapshot_epoch == 0:
+            self.snapshot = cpu_state(model)
+        if self.masks is not None:
+            self.masks.apply_(model)
+
+    def after_step(self, step: int) -> None:
+        if self.masks is not None:
+            self.masks.enforce_(self.model, self.optimizer)
+
+    def densities(self) -> dict[str, float] | None:
+        return self.masks.layer_densities() if self.masks is not None else None
+
+    def end_epoch(self, epoch: int, row: dict) -> bool:
+        if self.masks is not None:
+            row["density"] = self.masks.density()
+        if self.snapshot_epoch is not None and self.snapshot_epoch == epoch + 1:
+            self.snapshot = cpu_state(self.model)
+        return False
+
+    def state_dict(self) -> dict:
+        later = self.snapshot is not None and self.snapshot_epoch not in (None, 0)
+        return {"snapshot": dict(self.snapshot) if later else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("snapshot") is not None:
+            self.snapshot = dict(state["snapshot"])
+
+
+# ---------------------------------------------------------------------------------------------- IMP rounds
+
+def round_files(k: int) -> tuple[str, str]:
+    """File names of IMP round k's ticket in its stage folder: weights and masks."""
+    return f"round_{k:02d}.safetensors", f"round_{k:02d}.masks.safetensors"
+
+
+def round_metadata(arch: str, stage: str, k: int) -> dict[str, str]:
+    return {"pipeline": json.dumps({"arch": arch, "round": k, "stage": stage}, sort_keys=True)}
+
+
+def load_round(handle: StageHandle, k: int, device: torch.device | str = "cpu"):
+    """(model, masks, card) of round k of a finished `imp` stage, for a downstream stage that picks a
+    round other than the one the stage selected (e.g. a `ticket: k` option)."""
+    rounds = {r["round"]: r for r in handle.record.get("imp", {}).get("rounds", []) if r.get("files")}
+    if k not in rounds:
+        raise CheckpointError(f"stage {handle.name!r} has no ticket of round {k} "
+                              f"(rounds with tickets: {sorted(rounds) or 'none'})")
+    weights, _ = round_files(k)
+    return handle.load_model(device, weights=weights)  # round_KK.masks.safetensors comes along

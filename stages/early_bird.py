@@ -1,0 +1,142 @@
+"""early_bird (Robust Bird, spec §2): cheap dense training until the magnitude mask settles, then prune.
+
+After every epoch a global magnitude mask at `density` is drawn over the detection scope (conv weights,
+as the reference); training stops once the newest mask is within `threshold` (normalised Hamming
+distance) of each of the `window` - 1 masks before it. The ticket is then cut with `criterion` (global
+|w| over conv + linear by default) from that epoch's weights, which pass on unchanged (no rewinding,
+as the reference) unless `rewind_to` names the starting weights or an earlier epoch. The next stage
+(finetune, PGD-AT) trains the sparse model; this stage's training FLOPs are the dense search.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from pipeline.errors import PipelineError, StageFailed
+from pipeline.evaluation import summarize_history
+from pipeline.flops import count_macs, inference_flops
+from pipeline.modelcard import model_card
+from pipeline.schema import Ratio
+from pipeline.sparsity import EarlyBirdDetector, global_magnitude_masks
+from pipeline.sparsity.tickets import (CriterionConfig, Scope, TicketHooks, rewind_epoch, scope_params,
+                                       sparsity_record, ticket_masks)
+from pipeline.stage import Stage, StageConfig
+from pipeline.training import ScheduleConfig, TrainingConfig, train
+from pipeline.transfer import MODEL_DATA_KEY
+
+
+class PruneCriterion(CriterionConfig):
+    scope: Scope = Field(default="conv_linear", description="pruned weights: conv and linear (the reference), or conv")
+
+
+class EarlyBirdConfig(StageConfig, TrainingConfig):
+    mode: Literal["clean", "fast", "pgd"] = Field(default="clean", description="search training: clean (the paper's cheapest), fast AT or PGD AT")
+    schedule: ScheduleConfig = Field(default_factory=lambda: ScheduleConfig(milestones=[50, 150]))
+    select: Literal["final"] = Field(default="final", description="the weights of the emergence epoch pass on")
+    density: Ratio = Field(default=0.2, gt=0, le=1, description="kept fraction of the ticket (and of the detection masks)")
+    window: int = Field(default=5, ge=2, description="masks compared: the newest against the window - 1 before it")
+    threshold: Ratio = Field(default=0.08, ge=0, le=1, description="the ticket emerges when every distance in the window is <= this")
+    detect_scope: Scope = Field(default="conv", description="weights of the per-epoch detection masks")
+    criterion: PruneCriterion = Field(default_factory=PruneCriterion, description="how the ticket is cut")
+    rewind_to: str | None = Field(default=None, pattern=r"^(init|epoch_[1-9][0-9]*)$",
+                                  description="null: the emergence epoch's weights; init: the starting weights; epoch_N: after N epochs")
+    on_no_emergence: Literal["use_last", "fail"] = Field(default="use_last", description="masks never settled: warn and use the last epoch, or fail")
+
+    @model_validator(mode="after")
+    def _rewind_within_training(self):
+        n = rewind_epoch(self.rewind_to)
+        if n is not None and n > self.epochs:
+            raise ValueError(f"rewind_to: {self.rewind_to} is after the last epoch ({self.epochs})")
+        return self
+
+
+class EarlyBirdHooks(TicketHooks):
+    """TicketHooks (dense, for the rewind snapshot) plus the per-epoch early-bird check."""
+
+    def __init__(self, cfg: EarlyBirdConfig):
+        super().__init__(masks=None, snapshot_epoch=rewind_epoch(cfg.rewind_to))
+        self.detector = EarlyBirdDetector(window=cfg.window, threshold=cfg.threshold)
+        self.density, self.scope = cfg.density, cfg.detect_scope
+
+    def end_epoch(self, epoch: int, row: dict) -> bool:
+        super().end_epoch(epoch, row)
+        masks = global_magnitude_masks(scope_params(self.model, scope=self.scope), self.density)
+        fired = self.detector.update(masks, epoch=epoch + 1)
+        entry = self.detector.curve[-1]
+        row["eb_distance_previous"] = entry["previous"]
+        row["eb_distance_max"] = max(entry["window"]) if entry["window"] else None
+        row["eb_distances"] = list(entry["window"])
+        return fired
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "detector": self.detector.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.detector.load_state_dict(state["detector"])
+
+
+class EarlyBird(Stage):
+    Config = EarlyBirdConfig
+    input_mode = "optional"
+    summary = "Robust Bird: train until the magnitude mask settles (early bird), then prune; from scratch or `input`"
+
+    def run(self, ctx) -> None:
+        cfg: EarlyBirdConfig = ctx.config
+        data = ctx.data()
+        if ctx.input is not None:
+            model, masks, card = ctx.load_input_model()
+            if masks is not None:
+                raise PipelineError(f"early_bird: input stage {ctx.input.name!r} is already sparse; "
+                                    "the early-bird search trains a dense model")
+        else:
+            model, card = ctx.new_model(data), model_card(ctx.cfg.model.arch, data)
+        inherited = ctx.model_data_config()  # a transferred input keeps training on its own dataset
+        if inherited is not None:
+            ctx.record[MODEL_DATA_KEY] = inherited.model_dump(mode="json")
+
+        hooks = EarlyBirdHooks(cfg)
+        result = train(ctx, cfg, model, data, hooks=hooks)
+
+        detector = hooks.detector
+        emerged = detector.fired_at is not None
+        epochs_run = len(result.history)
+        epoch = detector.curve[detector.fired_at]["epoch"] if emerged else None
+        if not emerged:
+            closest = min((max(c["window"]) for c in detector.curve if c["window"]), default=None)
+            detail = (f"the smallest window distance was {closest:.4f} > threshold {cfg.threshold}" if closest is not None
+                      else f"the window of {cfg.window} masks never filled")
+            if cfg.on_no_emergence == "fail":
+                raise StageFailed(f"early_bird: no early-bird ticket in {epochs_run} epochs ({detail}); raise `threshold` "
+                                  "or `epochs`, or set on_no_emergence: use_last")
+            ctx.console.always(f"warning: [{ctx.name}] no early-bird ticket in {epochs_run} epochs ({detail}); "
+                               f"pruning the last epoch's weights (on_no_emergence: use_last)")
+
+        model.load_state_dict(result.final_state)
+        masks = ticket_masks(model, cfg.criterion, cfg.density, generator=ctx.generator(0x5EED, device="cpu"),
+                             where=f"stages.{ctx.name}.criterion")
+        if hooks.snapshot_epoch is not None:
+            if hooks.snapshot is None:
+                raise StageFailed(f"early_bird: rewind_to {cfg.rewind_to} was never reached: the ticket emerged "
+                                  f"at epoch {epoch}; rewind to an epoch <= {epoch}")
+            model.load_state_dict(hooks.snapshot)
+        ctx.save_model(model, card, masks=masks)
+
+        sparsity = sparsity_record(masks)
+        weights_from = f"epoch {epochs_run}" if cfg.rewind_to is None else cfg.rewind_to
+        ctx.record["early_bird"] = {
+            "emerged": emerged, "epoch": epoch, "epochs_run": epochs_run, "weights_from": weights_from,
+            "density": cfg.density, "window": cfg.window, "threshold": cfg.threshold,
+            "detect_scope": cfg.detect_scope, "criterion": cfg.criterion.model_dump(mode="json"),
+            "curve": detector.curve, "final_density": sparsity["density"], "layer_densities": sparsity["layers"],
+        }
+        ctx.record["sparsity"] = sparsity
+        flops = ctx.record["flops"]  # set by train(): the dense search
+        final = inference_flops(count_macs(model, (data.in_chans, *data.input_size)), masks.layer_densities())
+        flops["inference"] = {"dense_flops": final["dense_flops"], "sparse_flops": final["sparse_flops"],
+                              "ratio": final["ratio"], "per_image": True, "at": "the ticket's masks"}
+        flops["training"]["note"] = "dense early-bird search; the sparse training is counted by the next stage"
+        ctx.metrics.update(summarize_history(result.history, "val_ra" if cfg.eval.robust else "val_sa"))
+        ctx.metrics.update({"emerged": emerged, "emergence_epoch": epoch, "epochs_run": epochs_run,
+                            "steps": result.steps, "density": sparsity["density"], "sparsity": sparsity["sparsity"]})

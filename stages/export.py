@@ -4,7 +4,9 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from exports.onnx_export import export_onnx
+from typing import Literal
+
+from exports.onnx_export import export_onnx, to_sparse_initializers
 from exports.verify import check_parity
 from pipeline.errors import StageFailed
 from pipeline.stage import Stage, StageConfig
@@ -14,6 +16,10 @@ class ExportConfig(StageConfig):
     opset: int = Field(default=17, ge=17, description="ONNX opset")
     parity_tol: float = Field(default=1e-4, gt=0, description="max |onnxruntime - torch| logit difference allowed")
     parity_samples: int = Field(default=256, gt=0, description="real test images used for the parity check")
+    sparse_initializers: Literal["auto", "always", "never"] = Field(
+        default="auto", description="also write model.sparse.onnx with zero-laden weights as ONNX sparse_initializers "
+                                    "(auto: only when that file is smaller; onnxruntime densifies them at load, "
+                                    "so this saves disk and download size, not latency)")
 
 
 def model_sparsity(model: torch.nn.Module, masks) -> float:
@@ -59,7 +65,27 @@ class Export(Stage):
             raise StageFailed(f"ONNX parity failed: max abs logit difference {parity['max_abs_diff']:.3g} "
                               f"> tolerance {cfg.parity_tol:g} on {parity['n']} test images; no model kept")
         ctx.register_file("model.onnx")
+        if cfg.sparse_initializers != "never" and metadata["sparsity"] > 0:
+            ctx.record["sparse_onnx"] = self._sparse_copy(ctx, cfg, path, model, inputs)
         ctx.metrics.update({"parity_max_abs_diff": parity["max_abs_diff"], "parity_n": parity["n"],
                             "sparsity": metadata["sparsity"], "onnx_bytes": path.stat().st_size, "opset": cfg.opset})
         ctx.record["onnx_metadata"] = metadata
         ctx.pass_model_through()
+
+    @staticmethod
+    def _sparse_copy(ctx, cfg: ExportConfig, dense_path, model, inputs) -> dict:
+        sparse_path = ctx.dir / "model.sparse.onnx"
+        sizes = to_sparse_initializers(dense_path, sparse_path)
+        summary = {k: sizes[k] for k in ("src_bytes", "dst_bytes", "size_ratio", "n_converted")}
+        if cfg.sparse_initializers == "auto" and not sizes["smaller"]:
+            sparse_path.unlink(missing_ok=True)
+            ctx.log(f"[{ctx.name}] sparse initializers would not shrink the file "
+                    f"({sizes['dst_bytes']} vs {sizes['src_bytes']} bytes); not kept")
+            return {**summary, "kept": False}
+        parity = check_parity(sparse_path, model, inputs, tol=cfg.parity_tol)
+        if not parity["passed"]:
+            sparse_path.unlink(missing_ok=True)
+            raise StageFailed(f"model.sparse.onnx parity failed: max abs logit difference {parity['max_abs_diff']:.3g}")
+        ctx.register_file("model.sparse.onnx")
+        ctx.log(f"[{ctx.name}] model.sparse.onnx: {sizes['dst_bytes']} bytes ({sizes['size_ratio']:.2f}x the dense file)")
+        return {**summary, "kept": True, "parity_max_abs_diff": parity["max_abs_diff"]}

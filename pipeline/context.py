@@ -185,11 +185,14 @@ class StageContext:
     def save_model(self, model: torch.nn.Module, card: dict, masks=None, filename: str = "model.safetensors") -> None:
         """Write the model's weights (exact zeros where masked) and, for model.safetensors, its masks and card."""
         self.save_weights(model.state_dict(), filename, masks=masks)
+        if masks is not None:
+            self.save_masks(masks, "masks.safetensors" if filename == "model.safetensors"
+                            else filename.removesuffix(".safetensors") + ".masks.safetensors")
         if filename == "model.safetensors":
-            if masks is not None:
-                self.files["masks.safetensors"] = store.save_tensors(
-                    self.dir / "masks.safetensors", {k: v.bool() for k, v in masks.items()})
             self.model_card = dict(card)
+
+    def save_masks(self, masks, filename: str) -> None:
+        self.files[filename] = store.save_tensors(self.dir / filename, {k: v.bool() for k, v in masks.items()})
 
     def save_weights(self, state: dict, filename: str, masks=None) -> None:
         if masks is not None:

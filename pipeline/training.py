@@ -329,21 +329,31 @@ class _TensorBoard:
             self._writer.close()
 
 
-def save_trained(ctx, model: torch.nn.Module, card: dict, result: TrainResult, select: str, masks=None) -> None:
-    """model.safetensors = the selected weights; the other of best/final is kept beside it
-    (model_best.safetensors or model_final.safetensors) so evaluation can judge both."""
+def save_trained(ctx, model: torch.nn.Module, card: dict, result: TrainResult, select: str, masks=None,
+                 best_masks=None) -> str:
+    """model.safetensors (+ masks.safetensors) = the selected weights; the other of best/final is kept
+    beside it as model_best / model_final.safetensors (+ .masks.safetensors) so evaluation can judge both.
+    `best_masks` is the topology of the best epoch when it differs (dynamic sparsity); default `masks`.
+    Returns which checkpoint was selected."""
+    best_masks = masks if best_masks is None else best_masks
     chosen = "best" if select == "best" and result.best_state is not None else "final"
     model.load_state_dict(result.chosen_state(chosen))
-    ctx.save_model(model, card, masks=masks)
+    ctx.save_model(model, card, masks=best_masks if chosen == "best" else masks)
     files = {"model.safetensors": chosen}
+    other = None
     if chosen == "best":
-        ctx.save_weights(result.final_state, "model_final.safetensors", masks=masks)
-        files["model_final.safetensors"] = "final"
+        other = ("final", result.final_state, masks)
     elif result.best_state is not None and result.best_epoch != len(result.history):
-        ctx.save_weights(result.best_state, "model_best.safetensors", masks=masks)
-        files["model_best.safetensors"] = "best"
+        other = ("best", result.best_state, best_masks)
+    if other is not None:
+        label, state, other_masks = other
+        ctx.save_weights(state, f"model_{label}.safetensors", masks=other_masks)
+        files[f"model_{label}.safetensors"] = label
+        if other_masks is not None:
+            ctx.save_masks(other_masks, f"model_{label}.masks.safetensors")
     ctx.record["checkpoints"] = {"files": files, "best_epoch": result.best_epoch,
                                  "final_epoch": len(result.history)}
+    return chosen
 
 
 def _fold(sums: dict, loss_acc: torch.Tensor, correct_acc: torch.Tensor, n: int, seconds: float) -> dict:

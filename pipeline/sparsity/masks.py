@@ -128,19 +128,19 @@ class MaskSet(Mapping[str, Tensor]):
     # statistics
     def counts(self) -> dict[str, int]:
         """Kept weights per layer."""
-        return {n: int(m.sum()) for n, m in self._masks.items()}
+        return {n: int(torch.count_nonzero(m)) for n, m in self._masks.items()}
 
     def sizes(self) -> dict[str, int]:
         """Total weights per layer."""
         return {n: m.numel() for n, m in self._masks.items()}
 
     def layer_densities(self) -> dict[str, float]:
-        return {n: int(m.sum()) / m.numel() for n, m in self._masks.items()}
+        return {n: int(torch.count_nonzero(m)) / m.numel() for n, m in self._masks.items()}
 
     def density(self) -> float:
         """Kept fraction over all masked weights together."""
         total = sum(m.numel() for m in self._masks.values())
-        return sum(int(m.sum()) for m in self._masks.values()) / total if total else 1.0
+        return sum(int(torch.count_nonzero(m)) for m in self._masks.values()) / total if total else 1.0
 
     def hamming_distance(self, other: Mapping[str, Tensor]) -> float:
         """1 - (equal positions) / (all positions), over all layers together."""

@@ -1,0 +1,100 @@
+"""`RewireHooks`: plugs a dynamic sparsity method into `pipeline.training.train`.
+
+Per step: after backward, keep the dense gradients when this step's growth reads them; after the
+optimizer step, re-zero masked weights and their momentum, then let the method rewire. Per epoch:
+feed the Flying Bird+ histories from the epoch row and add density, connections changed, the
+ever-active fraction and the method's signals to the row (history.jsonl, TensorBoard).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from pipeline.training import TrainingHooks
+
+from .enforce import MaskEnforcer
+from .methods import DynamicSparsity, Layer
+from .state import DSTState
+
+
+class RewireHooks(TrainingHooks):
+    def __init__(self, method: DynamicSparsity, state: DSTState, *, select_key: str = "val_ra"):
+        self.method, self.state, self.select_key = method, state, select_key
+        self.layers: list[Layer] = []
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.enforcer: MaskEnforcer | None = None
+        self._grads: dict[str, torch.Tensor] | None = None
+        self._dense_grad_at: int | None = None
+        self._densities: dict[str, float] | None = None
+
+    def on_start(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        params = dict(model.named_parameters())
+        missing = [n for n in self.state.masks if n not in params]
+        if missing:
+            raise ValueError(f"masks name weights the model does not have: {missing[:3]}")
+        self.layers = [Layer(n, i, params[n], self.state.masks[n], frozen=n in self.method.frozen)
+                       for i, n in enumerate(self.state.masks)]
+        self.optimizer = optimizer
+        self.enforcer = MaskEnforcer([(l.param, l.mask) for l in self.layers], optimizer)
+        self.enforcer()
+
+    def after_backward(self, step: int) -> None:
+        if self.method.needs_gradient(step):
+            self._grads = {l.name: l.param.grad.detach().clone() for l in self.layers
+                           if not l.frozen and l.param.grad is not None}
+            self._dense_grad_at = step
+
+    def after_step(self, step: int) -> bool:
+        self.enforcer()
+        entries = self.method.on_step(step, self.state, self.layers, self.optimizer, self._grads)
+        self._grads = None
+        if entries:
+            self.enforcer.refresh()
+            self._densities = None
+        return bool(entries)
+
+    def dense_grad_step(self, step: int) -> bool:
+        return self._dense_grad_at == step
+
+    def densities(self) -> dict[str, float]:
+        if self._densities is None:
+            self._densities = self.state.layer_densities()
+        return self._densities
+
+    def end_epoch(self, epoch: int, row: dict) -> bool:
+        gap, loss = _signals_of(row)
+        if gap is not None and loss is not None:
+            self.state.gap_history.append(gap)
+            self.state.loss_history.append(loss)
+        value = row.get(self.select_key)
+        if value is not None and value > self.state.best_value:
+            # train() kept this epoch's weights as the best; these are the masks that go with them
+            self.state.best_value = value
+            self.state.best_masks = self.state.masks.clone()
+        row.update({"density": self.state.density(), "sparsity_events": self.state.events,
+                    "connections_changed": self.state.changed_epoch,
+                    "ever_active": self.state.ever_active_fraction()})
+        row.update(self.method.epoch_row(self.state, epoch))
+        self.state.changed_epoch = 0
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.state.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state.load_state_dict(state)
+        self._densities = None
+        if self.enforcer is not None:
+            self.enforcer.refresh()
+
+
+def _signals_of(row: dict) -> tuple[float | None, float | None]:
+    """(robust gap, val robust loss) of an evaluated epoch; the clean ones when RA is not measured."""
+    if "train_acc" not in row:
+        return None, None
+    if "val_ra" in row and "val_robust_loss" in row:
+        return row["train_acc"] - row["val_ra"], row["val_robust_loss"]
+    if "val_sa" in row and "val_loss" in row:
+        return row["train_acc"] - row["val_sa"], row["val_loss"]
+    return None, None

@@ -1,0 +1,247 @@
+"""The registered methods: Flying Bird, Flying Bird+, SET, RigL, MEST, GraNet, each a preset of the
+prune-and-grow core with at most one or two functions overridden, and each naming its source and defaults.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ..select import topk_mask
+from .config import SparsityConfig
+from .core import METHODS, DynamicSparsity, Layer, register, select_drop_grow
+from .schedule import Schedule, cubic_density
+
+__all__ = ["METHODS", "DynamicSparsity", "Layer", "build_method", "fbp_signals", "register", "select_drop_grow"]
+
+
+def _common(**kw: Any) -> dict[str, Any]:
+    base = {"init": "erk", "init_positions": "random", "dense_first": False, "dense_last": False,
+            "update_every": 1000, "update_unit": "steps", "second_update_every": None, "second_after_epoch": None,
+            "drop_fraction": 0.5, "drop_fraction_min": 0.005, "drop_decay": "cosine", "stop_fraction": None,
+            "grow": "random", "adaptive": None, "memory_bound": None, "gradual": None}
+    return {**base, **kw}
+
+
+@register("flying_bird")
+class FlyingBird(DynamicSparsity):
+    """Flying Bird (Chen et al., "Sparsity Winning Twice", ICLR 2022; spec §3.1-3.4, code defaults):
+    IGQ allocation, random positions; every 900 steps (1200 in epochs > epochs/2) drop ceil(r * active)
+    smallest |w| per layer and regrow as many at random; r cosine 0.5 -> 0.005 over all of training.
+    Deviation: growth is exact-count (the reference's Bernoulli growth matches it only in expectation)."""
+
+    @classmethod
+    def preset(cls, epochs: int) -> dict[str, Any]:
+        return _common(init="igq", update_every=900, second_update_every=1200,
+                       second_after_epoch=epochs // 2)
+
+
+def fbp_signals(gap_history: list[float], loss_history: list[float], window: int) -> tuple[float, float] | None:
+    """(prune_signal, grow_signal) over the last `window` differences: the fraction of rising robust gaps,
+    and of val robust losses that did not fall. None until window + 1 values exist."""
+    if len(gap_history) < window + 1 or len(loss_history) < window + 1:
+        return None
+    gaps, losses = gap_history[-(window + 1):], loss_history[-(window + 1):]
+    prune = sum(1 for a, b in zip(gaps, gaps[1:]) if b - a > 0) / window
+    grow = sum(1 for a, b in zip(losses, losses[1:]) if b - a >= 0) / window
+    return prune, grow
+
+
+def _scale_down(extra: dict[str, int], limit: int) -> dict[str, int]:
+    total = sum(extra.values())
+    if total <= limit:
+        return extra
+    return {n: (v * max(limit, 0)) // total for n, v in extra.items()}
+
+
+@register("flying_bird_plus")
+class FlyingBirdPlus(FlyingBird):
+    """Flying Bird+ (Chen et al., "Sparsity Winning Twice", ICLR 2022; spec §3.5): Flying Bird plus adaptive density from epoch 100 on. At each
+    update, over the last 4 epoch-to-epoch differences: if >= 50% of robust-gap changes (train acc - val
+    RA) are rises, prune ceil(r * 0.4 * active) more per layer; if >= 50% of val-robust-loss changes are
+    not falls, regrow round((1 + 0.05) * count). Density floor/ceiling (ours; the reference has none)
+    cap the extra pruning and growth so the global density stays within [min_density, max_density]."""
+
+    extensions = frozenset({"adaptive"})
+
+    @classmethod
+    def preset(cls, epochs: int) -> dict[str, Any]:
+        half = epochs // 2
+        return {**super().preset(epochs), "adaptive": {
+            "start_epoch": half, "window": 4, "prune_ratio": 0.4, "growth_ratio": 0.05,
+            "prune_threshold": 0.5, "grow_threshold": 0.5, "min_density": 0.0, "max_density": 1.0}}
+
+    def plan(self, step, state, layers, active, rate):
+        counts, _ = super().plan(step, state, layers, active, rate)
+        a = self.s.adaptive
+        signals = fbp_signals(state.gap_history, state.loss_history, a.window)
+        info: dict[str, Any] = {"prune_signal": None, "grow_signal": None, "adaptive": False,
+                                "extra_pruned": 0, "extra_grown": 0}
+        if signals is None or self.schedule.epoch_of(step) < a.start_epoch:
+            return counts, info
+        prune_signal, grow_signal = signals
+        info.update(prune_signal=prune_signal, grow_signal=grow_signal, adaptive=True)
+        sizes = {l.name: l.size for l in layers}
+        total, current = sum(sizes.values()), sum(active.values())
+        extra_drop = {n: 0 for n in counts}
+        extra_grow = {n: 0 for n in counts}
+        if prune_signal >= a.prune_threshold:
+            extra_drop = {n: min(math.ceil(rate * a.prune_ratio * active[n]), active[n] - k)
+                          for n, (k, _) in counts.items()}
+            # The floor holds even if no extra growth follows.
+            extra_drop = _scale_down(extra_drop, current - math.ceil(a.min_density * total))
+        if grow_signal >= a.grow_threshold:
+            for n, (k, _) in counts.items():
+                free = sizes[n] - (active[n] - k - extra_drop[n])
+                extra_grow[n] = max(0, min(math.floor((1 + a.growth_ratio) * k + 0.5), free) - k)
+            extra_grow = _scale_down(extra_grow, math.floor(a.max_density * total) - current)
+        info.update(extra_pruned=sum(extra_drop.values()), extra_grown=sum(extra_grow.values()))
+        return {n: (k + extra_drop[n], g + extra_grow[n]) for n, (k, g) in counts.items()}, info
+
+    def epoch_row(self, state, epoch):
+        a = self.s.adaptive
+        signals = fbp_signals(state.gap_history, state.loss_history, a.window)
+        row = {"fbp_active": epoch >= a.start_epoch and signals is not None}
+        if signals is not None:
+            row["fbp_prune_signal"], row["fbp_grow_signal"] = signals
+        return row
+
+
+@register("set")
+class SET(DynamicSparsity):
+    """SET (Mocanu et al., Nature Communications 2018): Erdős–Rényi allocation, once per epoch drop the
+    fraction zeta = 0.3 of smallest-|w| weights per layer and regrow as many at random; constant rate."""
+
+    @classmethod
+    def preset(cls, epochs: int) -> dict[str, Any]:
+        return _common(init="er", update_every=1, update_unit="epochs", drop_fraction=0.3,
+                       drop_fraction_min=0.0, drop_decay="constant")
+
+
+@register("rigl")
+class RigL(DynamicSparsity):
+    """RigL (Evci et al., ICML 2020): ERK, every 100 steps drop alpha * active smallest |w| and grow as many
+    with the largest dense |grad| of the last batch; alpha = 0.3 cosine-decayed to 0 at T_end = 75% of
+    training, no updates after it. SET with the grow criterion swapped (`grow: gradient`)."""
+
+    @classmethod
+    def preset(cls, epochs: int) -> dict[str, Any]:
+        return _common(update_every=100, drop_fraction=0.3, drop_fraction_min=0.0, stop_fraction=0.75,
+                       grow="gradient")
+
+
+@register("mest")
+class MEST(DynamicSparsity):
+    """MEST (Yuan et al., NeurIPS 2021) with the soft memory bound, as the DST-vs-dense study runs it
+    (landscape §A): at each update first grow min(ceil(r * target), floor(bound * target)) weights per
+    layer (density rises up to 10% above target), let them train for `prune_after` of the interval, then
+    prune each layer back to its exact target by magnitude, new weights included. Random growth (MEST_r;
+    `grow: gradient` gives MEST_g). Schedule: the unified framework's ERK, 1000 steps, r 0.5 cosine.
+    A grow phase is not started when its prune-back would fall after the last step."""
+
+    extensions = frozenset({"memory_bound"})
+
+    @classmethod
+    def preset(cls, epochs: int) -> dict[str, Any]:
+        return _common(memory_bound={"bound": 0.1, "prune_after": 0.5})
+
+    def _wait(self, step: int) -> int:
+        return max(1, round(self.s.memory_bound.prune_after * self.schedule.interval(step)))
+
+    def grows_at(self, step: int) -> bool:
+        return self.schedule.is_update(step) and step + self._wait(step) <= self.schedule.total_steps - 1
+
+    def on_step(self, step, state, layers, optimizer, grads):
+        entries = []
+        if state.prune_back_at is not None and step >= state.prune_back_at:
+            active = {l.name: l.active() for l in layers}
+            counts = {l.name: (active[l.name] - state.targets[l.name], 0) for l in layers
+                      if active[l.name] > state.targets[l.name]}
+            state.prune_back_at = None
+            entries.append(self.apply(step, state, layers, optimizer, grads, counts, event="prune_back", rate=None))
+        if self.grows_at(step):
+            rate = self.schedule.drop_fraction_at(step)
+            bound = self.s.memory_bound.bound
+            active = {l.name: l.active() for l in layers}
+            counts = {}
+            for layer in self.rewirable(layers, active):
+                target = state.targets[layer.name]
+                g = min(math.ceil(rate * target), math.floor(bound * target), layer.size - active[layer.name])
+                if g > 0:
+                    counts[layer.name] = (0, g)
+            state.prune_back_at = step + self._wait(step)
+            entries.append(self.apply(step, state, layers, optimizer, grads, counts, event="grow", rate=rate,
+                                      retarget=False, info={"prune_back_at": state.prune_back_at}))
+        return entries
+
+
+@register("granet")
+class GraNet(DynamicSparsity):
+    """GraNet (Liu et al., NeurIPS 2021): start denser (ERK at `initial_density`), prune globally by
+    magnitude along the cubic schedule d_t = d + (d0 - d)(1 - (t - t0)/(t1 - t0))^3 at every update
+    between t0 and t1 (and at t1 itself, so the target is met exactly), and at every update also
+    regenerate: drop r * active smallest |w| per layer, regrow as many by dense |grad| (GraNet_g;
+    `grow: gradient`; random gives GraNet_r). Reference code defaults: 1000 steps, r 0.5 cosine; the
+    DST-vs-dense study starts at density 0.8 (landscape §A). t1 = half of training is our default."""
+
+    extensions = frozenset({"gradual"})
+
+    @classmethod
+    def preset(cls, epochs: int) -> dict[str, Any]:
+        return _common(grow="gradient",
+                       gradual={"initial_density": 0.8, "start_fraction": 0.0, "end_fraction": 0.5})
+
+    def __init__(self, settings, density, schedule, *, seed):
+        super().__init__(settings, density, schedule, seed=seed)
+        g = settings.gradual
+        if g.initial_density < density:
+            raise ValueError(f"sparsity.gradual.initial_density ({g.initial_density}) is below density ({density}); "
+                             "GraNet prunes down to the target, it never grows up to it")
+        total = schedule.total_steps
+        self.t0 = math.floor(g.start_fraction * total)
+        self.t1 = max(self.t0 + 1, min(total, round(g.end_fraction * total)))
+
+    @property
+    def initial_density(self) -> float:
+        return self.s.gradual.initial_density
+
+    def prunes_at(self, step: int) -> bool:
+        c = step + 1
+        return self.t0 < c <= self.t1 and (c % self.schedule.interval(step) == 0 or c == self.t1)
+
+    def on_step(self, step, state, layers, optimizer, grads):
+        entries = []
+        if self.prunes_at(step):
+            entry = self._gradual_prune(step, state, layers, optimizer)
+            if entry is not None:
+                entries.append(entry)
+        return entries + super().on_step(step, state, layers, optimizer, grads)
+
+    def target_density(self, step: int) -> float:
+        return cubic_density(step + 1, start=self.t0, end=self.t1, initial=self.initial_density, final=self.density)
+
+    def _gradual_prune(self, step, state, layers, optimizer) -> dict[str, Any] | None:
+        d = self.target_density(step)
+        free = [l for l in layers if not l.frozen]
+        total = sum(l.size for l in layers)
+        keep = round(d * total) - sum(l.size for l in layers if l.frozen)
+        if keep >= sum(l.active() for l in free):
+            return None
+        scores = torch.cat([l.param.detach().abs().reshape(-1).masked_fill(~l.mask.reshape(-1), -math.inf)
+                            for l in free])
+        flat = topk_mask(scores, max(keep, 0))
+        kept, start = {}, 0
+        for l in free:
+            kept[l.name] = flat[start:start + l.size].view(l.mask.shape)
+            start += l.size
+        return self.apply(step, state, layers, optimizer, None, {}, event="gradual_prune", rate=None,
+                          kept_masks=kept, info={"target_density": d})
+
+
+def build_method(name: str, settings: SparsityConfig, density: float, schedule: Schedule, *, seed: int) -> DynamicSparsity:
+    try:
+        cls = METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown sparsity method {name!r}; valid: {', '.join(sorted(METHODS))}") from None
+    return cls(settings, density, schedule, seed=seed)

@@ -103,7 +103,7 @@ def _dispatch(args) -> int:
 
         cfg = load_config(args.config, args.overrides)
         runner = Runner(cfg, args.run_dir, device=args.device, quiet=args.quiet)
-        statuses = runner.run(args.from_stage, args.until_stage, source=args.config)
+        statuses = runner.run(args.from_stage, args.until_stage, source=args.config, overrides=args.overrides)
         _print_summary(runner, statuses)
         return 0
     if args.command == "status":
@@ -185,14 +185,16 @@ def _status(args) -> int:
     run_dir: Path = args.run_dir
     if not (run_dir / "config.yaml").exists():
         raise PipelineError(f"{run_dir}: not a run directory (no config.yaml)")
-    source = args.config
+    source, overrides = args.config, []
     if source is None and (run_dir / RUN_JSON).exists():
-        recorded = store.read_json(run_dir / RUN_JSON).get("source_config")
-        source = Path(recorded) if recorded and Path(recorded).exists() else None
+        recorded = store.read_json(run_dir / RUN_JSON)
+        path = recorded.get("source_config")
+        source = Path(path) if path and Path(path).exists() else None
+        overrides = recorded.get("overrides") or []  # the run's --set edits count as its config
     note = ""
     if source is not None:
         try:
-            cfg = load_config(source)
+            cfg = load_config(source, overrides)
         except ConfigError as exc:
             note = f"(source config {source} is invalid now; compared with the run's own config.yaml)\n{exc}"
             source = None

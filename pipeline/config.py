@@ -170,9 +170,10 @@ def apply_override(tree: dict, parts: list, value: Any, text: str) -> None:
             if isinstance(part, str) and part.isdigit():
                 part = int(part)
             if isinstance(part, str):  # a stage addressed by its name
-                match = [s for s in node if isinstance(s, dict) and s.get("name") == part]
+                # a stage's name defaults to its type, as in validation
+                match = [s for s in node if isinstance(s, dict) and s.get("name", s.get("type")) == part]
                 if not match:
-                    names = [s.get("name") for s in node if isinstance(s, dict)]
+                    names = [s.get("name", s.get("type")) for s in node if isinstance(s, dict)]
                     raise ConfigError(f"--set {text}: no stage named {part!r} (stages: {', '.join(map(str, names))})")
                 node = match[0]
                 continue
@@ -225,7 +226,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
         apply_override(tree, parts, value, text)
     cfg = validate_tree(tree, source=str(path))
     if cfg.run.name is None:
-        cfg.run.name = Path(path).stem
+        stem = Path(path).stem
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", stem):
+            raise ConfigError(f"run.name: not set, and the file name {stem!r} is not a valid run name "
+                              "(letters, digits, '_', '.', '-'); set run.name", source=str(path))
+        cfg.run.name = stem
     return cfg
 
 

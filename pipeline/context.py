@@ -176,6 +176,13 @@ class StageContext:
         torch.manual_seed(self.seed)  # initial weights depend on the run seed only
         return build_model(card).to(self.device)
 
+    def input_or_new_model(self, data: DataSplits | None = None):
+        """(model, masks, card): the input stage's model when this stage has an input, else a fresh one."""
+        if self.input is not None:
+            return self.load_input_model()
+        data = data or self.data()
+        return self.new_model(data), None, model_card(self.cfg.model.arch, data)
+
     def load_input_model(self):
         if self.input is None:
             raise CheckpointError(f"stage {self.name!r} has no input stage to load a model from")
@@ -263,14 +270,23 @@ class StageContext:
         return self._progress_dir
 
     def save_progress(self, state: dict) -> None:
-        """Everything needed to continue this stage; loadable weights-only. Call at safe points only."""
+        """Everything needed to continue this stage; loadable weights-only. Call at safe points only.
+
+        The state goes to a new file (state-<n>.pt) and only then does manifest.json name it, so a kill
+        at any moment leaves a manifest that names a complete, verified state; older states go last."""
         state = dict(state)
         state["rng"] = capture_rng()
         state["history"] = list(self._history)
-        sha = store.save_state(self.progress_dir / "state.pt", state)
-        store.atomic_write_json(self.progress_dir / "manifest.json",
-                                {"fingerprint": self.fingerprint, "sha256": sha,
-                                 "epoch": state.get("epoch"), "step": state.get("step")})
+        manifest_path = self.progress_dir / "manifest.json"
+        previous = store.read_json(manifest_path).get("file") if manifest_path.exists() else None
+        number = int(previous.split("-")[1].split(".")[0]) + 1 if previous else 1
+        name = f"state-{number:06d}.pt"
+        sha = store.save_state(self.progress_dir / name, state)
+        store.atomic_write_json(manifest_path, {"fingerprint": self.fingerprint, "file": name, "sha256": sha,
+                                                "epoch": state.get("epoch"), "step": state.get("step")})
+        for old in self.progress_dir.glob("state-*.pt"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
 
     def load_progress(self) -> dict | None:
         manifest_path = self.progress_dir / "manifest.json"
@@ -281,7 +297,7 @@ class StageContext:
             self.log(f"{self.name}: saved progress belongs to a different config; starting the stage over")
             self.clear_progress()
             return None
-        state = store.load_state(self.progress_dir / "state.pt", manifest["sha256"])
+        state = store.load_state(self.progress_dir / manifest["file"], manifest["sha256"])
         restore_rng(state.pop("rng"))
         self.set_history(state.pop("history"))
         self.log(f"{self.name}: resuming from saved progress (epoch {manifest.get('epoch')}, step {manifest.get('step')})")

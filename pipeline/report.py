@@ -79,8 +79,14 @@ class StageView:
                 raise CheckpointError(f"{self.dir / name}: not JSON lines ({exc})") from None
         return self._cache[name]
 
-    def history(self) -> list[dict]:
-        return self.jsonl(HISTORY) if HISTORY in self.files else []
+    def history(self, all_rows: bool = False) -> list[dict]:
+        """Epoch rows of the weights this stage hands on (stage.json `history_select`, e.g. imp's
+        selected round), as StageHandle.history reads them; `all_rows` for every row."""
+        rows = self.jsonl(HISTORY) if HISTORY in self.files else []
+        select = self.record.get("history_select")
+        if select and not all_rows:
+            rows = [r for r in rows if all(r.get(k) == v for k, v in select.items())]
+        return rows
 
     def tensors(self, name: str) -> dict:
         return store.load_tensors(self.dir / name, self.files.get(name) or self._verified(name))

@@ -29,11 +29,16 @@ def fingerprint_of(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+# Keys that change how a stage runs but not what it produces: editing them must not retrain anything.
+_NOT_FINGERPRINTED_STAGE = {"progress_every_steps"}
+_NOT_FINGERPRINTED_DATA = {"download"}
+
+
 def stage_fingerprint(cfg: PipelineConfig, stage_cfg, input_output_fp: str | None) -> str:
     """Hash of everything that determines this stage's outputs: its config, the run's data/model/seed, its input."""
     return fingerprint_of({
-        "stage": stage_cfg.model_dump(mode="json"),
-        "data": cfg.data.model_dump(mode="json"),
+        "stage": stage_cfg.model_dump(mode="json", exclude=_NOT_FINGERPRINTED_STAGE),
+        "data": cfg.data.model_dump(mode="json", exclude=_NOT_FINGERPRINTED_DATA),
         "model": cfg.model.model_dump(mode="json"),
         "seed": cfg.run.seed,
         "input": input_output_fp,
@@ -127,7 +132,8 @@ class Runner:
         return out
 
     # -- run ------------------------------------------------------------------------------------
-    def run(self, from_stage: str | None = None, until_stage: str | None = None, source: str | None = None) -> list[StageStatus]:
+    def run(self, from_stage: str | None = None, until_stage: str | None = None, source: str | None = None,
+            overrides: list[str] | None = None) -> list[StageStatus]:
         names = [s.name for s in self.cfg.stages]
         for flag, value in (("--from", from_stage), ("--until", until_stage)):
             if value is not None and value not in names:
@@ -141,7 +147,9 @@ class Runner:
         with RunLock(self.run_dir, on_stale=self._report_stale_lock):
             store.atomic_write_text(self.run_dir / "config.yaml",
                                     yaml.safe_dump(self.cfg.resolved(), sort_keys=False))
+            # what `pipeline status` compares against later: the config file and the --set edits it ran with
             store.atomic_write_json(self.run_dir / RUN_JSON, {"source_config": str(Path(source).resolve()) if source else None,
+                                                              "overrides": list(overrides or []),
                                                               "updated": time.strftime("%Y-%m-%dT%H:%M:%S")})
             self.console.info(f"run directory: {self.run_dir}  (device: {device})")
             for i, st in enumerate(self.cfg.stages):
@@ -197,6 +205,8 @@ class Runner:
             "input_fingerprint": in_rec.get("output_fingerprint") if in_rec else None,
             "model": ctx.model_card,
             "model_from": ctx.model_from,
+            # the dataset the model now belongs to, when a transfer upstream (or here) moved it off the run's
+            "model_data": ctx.record.pop("model_data", None) or _dump(ctx.model_data_config()),
             "metrics": ctx.metrics,
             **ctx.record,
             "files": dict(sorted(ctx.files.items())),
@@ -209,6 +219,10 @@ class Runner:
         store.atomic_write_json(sdir / STAGE_JSON, record)
         ctx.clear_progress()
         self.console.info(f"[{st.name}] done in {finished - started:.1f}s" + _metric_line(ctx.metrics))
+
+
+def _dump(cfg) -> dict | None:
+    return None if cfg is None else cfg.model_dump(mode="json")
 
 
 def _metric_line(metrics: dict) -> str:

@@ -23,6 +23,7 @@ from pydantic import Field, model_validator
 from . import store
 from .flops import TrainingFlopsMeter, count_macs, inference_flops
 from .attacks import AttackConfig, make_train_attack
+from .errors import ConfigError
 from .data import DataSplits, num_batches, train_batches
 from .evaluation import evaluate, select_best
 from .schema import StrictModel
@@ -67,6 +68,12 @@ class EvalConfig(StrictModel):
     robust: bool = Field(default=True, description="also measure RA (PGD through advertorch); off: SA only")
     attack: AttackConfig = Field(default_factory=lambda: AttackConfig(kind="pgd", steps=20))
 
+    @model_validator(mode="after")
+    def _attack_is_an_attack(self):
+        if self.attack.kind == "none":
+            raise ValueError("attack: kind 'none' would record clean accuracy as RA; use `robust: false` for SA only")
+        return self
+
 
 # Fault injection for the resume tests: the process SIGKILLs itself after this many training steps of
 # one stage (counted over all train() calls of the stage, e.g. IMP rounds).
@@ -94,6 +101,8 @@ class TrainingConfig(StrictModel):
 
     @model_validator(mode="after")
     def _attack_follows_mode(self):
+        if self.attack.restarts != 1:
+            raise ValueError("attack: restarts applies to evaluation attacks only; the training attack runs once")
         wanted = _MODE_TO_ATTACK[self.mode]
         if "kind" in self.attack.model_fields_set and self.attack.kind != wanted:
             raise ValueError(f"attack.kind {self.attack.kind!r} contradicts mode {self.mode!r} (which implies {wanted!r}); set only `mode`")
@@ -160,6 +169,9 @@ def _cpu_state(model: torch.nn.Module) -> dict:
 def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
           hooks: TrainingHooks | None = None) -> TrainResult:
     hooks = hooks or TrainingHooks()
+    if len(data.val_y) == 0:
+        raise ConfigError(f"stages.{ctx.name}: the dataset has no validation split (data.val_size is 0); training "
+                          "chooses its best checkpoint (and Flying Bird+ its signals) on val: set val_size >= 1")
     device = ctx.device
     model.to(device)
     if cfg.channels_last:
@@ -174,7 +186,8 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     select_key = "val_ra" if cfg.eval.robust else "val_sa"
-    best_path = ctx.progress_dir / "best.safetensors"
+    # best weights go to a new file per epoch; the progress state names the current one (see save_progress)
+    best_file: str | None = None
     layer_macs = count_macs(model, (data.in_chans, *data.input_size))
     dense_flops = inference_flops(layer_macs)["dense_flops"]
     meter = TrainingFlopsMeter(mode=cfg.mode, attack_steps=cfg.attack.steps if cfg.mode == "pgd" else None)
@@ -193,18 +206,21 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
         meter.load_state_dict(saved["flops"])
         epoch, step_in_epoch, global_step = saved["epoch"], saved["step_in_epoch"], saved["global_step"]
         sums = dict(saved["sums"])
-        best_epoch, best_value = saved["best_epoch"], saved["best_value"]
-        if best_epoch is not None:
-            best_state = store.load_tensors(best_path, saved["best_sha256"])
+        best_epoch, best_value, best_file = saved["best_epoch"], saved["best_value"], saved["best_file"]
+        if best_file is not None:
+            best_state = store.load_tensors(ctx.progress_dir / best_file, saved["best_sha256"])
 
     def save_progress() -> None:
         ctx.save_progress({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "hooks": hooks.state_dict(),
             "flops": meter.state_dict(),
             "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step, "step": global_step,
-            "sums": dict(sums), "best_epoch": best_epoch, "best_value": best_value,
-            "best_sha256": store.sha256_file(best_path) if best_epoch is not None else None,
+            "sums": dict(sums), "best_epoch": best_epoch, "best_value": best_value, "best_file": best_file,
+            "best_sha256": store.sha256_file(ctx.progress_dir / best_file) if best_file is not None else None,
         })
+        for old in ctx.progress_dir.glob("best-e*.safetensors"):
+            if old.name != best_file:
+                old.unlink(missing_ok=True)
 
     def sparse_flops() -> float:
         return inference_flops(layer_macs, hooks.densities())["sparse_flops"]
@@ -263,7 +279,9 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
                 "train_acc": 100.0 * sums["correct"] / max(sums["n"], 1),
                 "train_seconds": round(sums["seconds"], 3),
             }
-            if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.epochs:
+
+            def evaluate_epoch() -> None:
+                nonlocal best_value, best_epoch, best_state, best_file
                 t1 = time.time()
                 row.update(evaluate_splits(model, data, cfg.eval, device, ctx.seed, epoch))
                 row["eval_seconds"] = round(time.time() - t1, 3)
@@ -271,8 +289,14 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
                 if value is not None and value > best_value:
                     best_value, best_epoch = value, epoch + 1
                     best_state = _cpu_state(model)
-                    store.save_tensors(best_path, best_state)
+                    best_file = f"best-e{best_epoch:04d}.safetensors"
+                    store.save_tensors(ctx.progress_dir / best_file, best_state)
+
+            if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.epochs:
+                evaluate_epoch()
             stopped = bool(hooks.end_epoch(epoch, row))
+            if stopped and "eval_seconds" not in row:
+                evaluate_epoch()  # the weights leaving the stage are always judged
             f_now = sparse_flops()  # end_epoch may change the topology too (early bird, FB+)
             ctx.log_epoch(row)
             board.log(row)

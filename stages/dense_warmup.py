@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pipeline.evaluation import summarize_history
-from pipeline.modelcard import model_card
 from pipeline.stage import Stage, StageConfig
 from pipeline.training import TrainingConfig, save_trained, train
 
@@ -19,10 +18,7 @@ class DenseWarmup(Stage):
     def run(self, ctx) -> None:
         cfg: DenseWarmupConfig = ctx.config
         data = ctx.data()
-        if ctx.input is not None:
-            model, _, card = ctx.load_input_model()
-        else:
-            model, card = ctx.new_model(data), model_card(ctx.cfg.model.arch, data)
+        model, _, card = ctx.input_or_new_model(data)  # an input's masks are dropped: this trains densely
 
         result = train(ctx, cfg, model, data)
 

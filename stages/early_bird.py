@@ -16,14 +16,12 @@ from pydantic import Field, model_validator
 from pipeline.errors import PipelineError, StageFailed
 from pipeline.evaluation import summarize_history
 from pipeline.flops import count_macs, inference_flops
-from pipeline.modelcard import model_card
 from pipeline.schema import Ratio
 from pipeline.sparsity import EarlyBirdDetector, global_magnitude_masks
-from pipeline.sparsity.tickets import (CriterionConfig, Scope, TicketHooks, rewind_epoch, scope_params,
-                                       sparsity_record, ticket_masks)
+from pipeline.sparsity.tickets import (CriterionConfig, Scope, TicketHooks, check_criterion, rewind_epoch,
+                                       scope_params, sparsity_record, ticket_masks)
 from pipeline.stage import Stage, StageConfig
 from pipeline.training import ScheduleConfig, TrainingConfig, train
-from pipeline.transfer import MODEL_DATA_KEY
 
 
 class PruneCriterion(CriterionConfig):
@@ -85,17 +83,12 @@ class EarlyBird(Stage):
     def run(self, ctx) -> None:
         cfg: EarlyBirdConfig = ctx.config
         data = ctx.data()
-        if ctx.input is not None:
-            model, masks, card = ctx.load_input_model()
-            if masks is not None:
-                raise PipelineError(f"early_bird: input stage {ctx.input.name!r} is already sparse; "
-                                    "the early-bird search trains a dense model")
-        else:
-            model, card = ctx.new_model(data), model_card(ctx.cfg.model.arch, data)
-        inherited = ctx.model_data_config()  # a transferred input keeps training on its own dataset
-        if inherited is not None:
-            ctx.record[MODEL_DATA_KEY] = inherited.model_dump(mode="json")
+        model, masks, card = ctx.input_or_new_model(data)
+        if masks is not None:
+            raise PipelineError(f"early_bird: input stage {ctx.input.name!r} is already sparse; "
+                                "the early-bird search trains a dense model")
 
+        check_criterion(model, cfg.criterion, cfg.density, where=f"stages.{ctx.name}.criterion")
         hooks = EarlyBirdHooks(cfg)
         result = train(ctx, cfg, model, data, hooks=hooks)
 

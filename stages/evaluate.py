@@ -23,6 +23,7 @@ from pydantic import Field, field_validator, model_validator
 from pipeline.attacks import AttackConfig
 from pipeline.autoattack_eval import INSTALL_HINT, AutoAttackConfig, find_autoattack, missing_message, run_autoattack
 from pipeline.corruptions.benchmark import CorruptionConfig, evaluate_corruptions, generation_parameters
+from pipeline.corruptions.published import load_published
 from pipeline.errors import PipelineError
 from pipeline.evaluation import evaluate, robust_gap, summarize_history
 from pipeline.stage import Stage, StageConfig
@@ -226,8 +227,12 @@ class Evaluate(Stage):
 
     @staticmethod
     def _preflight(cfg: EvaluateConfig, ctx) -> dict[str, str]:
-        """Fail before any work when a required AutoAttack is missing; note the ones to skip."""
+        """Fail before any work when a required AutoAttack or a published corruption set is missing or
+        malformed; note the attacks to skip."""
         skipped = {}
+        c = cfg.corruptions
+        if c is not None and c.path is not None and c.path.is_dir():
+            load_published(c.path, c.types)  # reads the layout (labels.npy, one .npy per type) or raises
         for a in cfg.attacks:
             if isinstance(a, AutoAttackConfig) and find_autoattack(a.backend) is None:
                 if a.on_missing == "error":

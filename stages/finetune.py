@@ -83,10 +83,7 @@ class Finetune(Stage):
                     f"{len(data.train_y)} training images, {data.num_classes} classes; "
                     f"{ctx.record['transfer']['masks']['note']}")
         else:
-            inherited = ctx.model_data_config()  # a transferred model keeps training on its own dataset
-            data = ctx.data()
-            if inherited is not None:
-                ctx.record[MODEL_DATA_KEY] = inherited.model_dump(mode="json")
+            data = ctx.data()  # a transferred model keeps training on its own dataset
             if int(card["num_classes"]) != data.num_classes:
                 raise DataError(f"the model of stage {source!r} has {card['num_classes']} classes but "
                                 f"{dataset_label(data.name, data.source)} has {data.num_classes}; "

@@ -32,11 +32,10 @@ from pipeline.evaluation import summarize_history
 from pipeline.flops import count_macs, inference_flops
 from pipeline.schema import Ratio
 from pipeline.sparsity import MaskSet, imp_round_density
-from pipeline.sparsity.tickets import (CriterionConfig, Scope, TicketHooks, cpu_state, rewind_epoch,
-                                       round_files, round_metadata, sparsity_record, ticket_masks)
+from pipeline.sparsity.tickets import (CriterionConfig, Scope, TicketHooks, check_criterion, cpu_state,
+                                       rewind_epoch, round_files, round_metadata, sparsity_record, ticket_masks)
 from pipeline.stage import Stage, StageConfig
 from pipeline.training import OptimizerConfig, ScheduleConfig, TrainingConfig, train
-from pipeline.transfer import MODEL_DATA_KEY
 
 _RANDOM_MASK_STREAM = 0x52414E44  # generator key of the random-pruning baseline
 _IMP_ONLY = ("rounds", "prune_fraction", "prune_before_training")
@@ -118,9 +117,6 @@ class Imp(Stage):
         model, in_masks, card = ctx.load_input_model()
         if in_masks is not None:
             raise PipelineError(f"imp: input stage {ctx.input.name!r} is already sparse; imp starts from a dense model")
-        inherited = ctx.model_data_config()  # a transferred input keeps training on its own dataset
-        if inherited is not None:
-            ctx.record[MODEL_DATA_KEY] = inherited.model_dump(mode="json")
         where = f"stages.{ctx.name}.criterion"
         p = cfg.prune_fraction
         last = cfg.rounds if cfg.method == "imp" else 1
@@ -189,6 +185,7 @@ class Imp(Stage):
             return ticket_masks(model, cfg.criterion, 1 - cfg.target_sparsity, where=where)
         if cfg.prune_before_training:
             return ticket_masks(model, cfg.criterion, imp_round_density(cfg.prune_fraction, 1), where=where)
+        check_criterion(model, cfg.criterion, imp_round_density(cfg.prune_fraction, 1), where=where)
         return None
 
     def _finish(self, ctx, cfg: ImpConfig, state: dict, model, card: dict, data, tickets, last: int) -> None:

@@ -39,7 +39,6 @@ from pipeline.data import num_batches
 from pipeline.errors import ConfigError
 from pipeline.evaluation import summarize_history
 from pipeline.flops import count_macs, inference_flops
-from pipeline.modelcard import model_card
 from pipeline.schema import Ratio
 from pipeline.sparsity.dst import (METHODS, DSTState, RewireHooks, Schedule, SparsityConfig, build_method,
                                    fill_from_preset)
@@ -85,10 +84,7 @@ class Rewire(Stage):
     def run(self, ctx) -> None:
         cfg: RewireConfig = ctx.config
         data = ctx.data()
-        if ctx.input is not None:
-            model, _, card = ctx.load_input_model()  # the input's own masks, if any, are replaced
-        else:
-            model, card = ctx.new_model(data), model_card(ctx.cfg.model.arch, data)
+        model, _, card = ctx.input_or_new_model(data)  # an input's own masks, if any, are replaced
 
         steps_per_epoch = num_batches(len(data.train_y), cfg.batch_size, cfg.drop_last)
         if cfg.max_steps_per_epoch:

@@ -6,7 +6,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from exports.ort_runtime import available_providers, benchmark
+from pydantic import PositiveInt
+
+from exports.ort_runtime import ProviderMissing, available_providers, benchmark
 from pipeline.errors import PipelineError
 from pipeline.stage import Stage, StageConfig
 
@@ -15,7 +17,7 @@ class RuntimeCheckConfig(StageConfig):
     providers: list[Literal["cpu", "cuda"]] = Field(default_factory=lambda: ["cpu", "cuda"],
                                                     description="execution providers to time; CPU is always timed")
     on_missing: Literal["skip", "error"] = Field(default="skip", description="a requested provider that is not installed: skip it or fail")
-    batch_sizes: list[int] = Field(default_factory=lambda: [1, 64], min_length=1, description="batch 1 for latency, a larger one for throughput")
+    batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1, 64], min_length=1, description="batch 1 for latency, a larger one for throughput")
     runs: int = Field(default=100, ge=100, description="timed runs per batch size")
     warmup: int = Field(default=20, ge=1)
     intra_op_threads: int | None = Field(default=None, gt=0, description="CPU threads per op (default: all cores); fixed and recorded")
@@ -36,15 +38,18 @@ class RuntimeCheck(Stage):
         wanted = ["cpu"] + [p for p in cfg.providers if p != "cpu"]
         results: dict = {}
         for prov in wanted:
-            if prov not in present:
-                msg = f"provider {prov!r} is not available in this onnxruntime build (available: {', '.join(present)})"
-                if cfg.on_missing == "error":
-                    raise PipelineError(f"runtime_check: {msg}; set on_missing: skip to time the others")
-                ctx.log(f"[{ctx.name}] skip {prov}: {msg}")
-                results[prov] = {"status": "skipped", "reason": msg}
+            try:
+                if prov not in present:
+                    raise ProviderMissing(f"provider {prov!r} is not available in this onnxruntime build "
+                                          f"(available: {', '.join(present)})")
+                res = benchmark(onnx_path, prov, batch_sizes=tuple(cfg.batch_sizes), warmup=cfg.warmup,
+                                runs=cfg.runs, intra_op_threads=threads, input_shape=shape)
+            except ProviderMissing as exc:  # absent, or listed but unable to start (e.g. no CUDA libraries)
+                if cfg.on_missing == "error" or prov == "cpu":
+                    raise PipelineError(f"runtime_check: {exc}; set on_missing: skip to time the others") from None
+                ctx.log(f"[{ctx.name}] skip {prov}: {exc}")
+                results[prov] = {"status": "skipped", "reason": str(exc)}
                 continue
-            res = benchmark(onnx_path, prov, batch_sizes=tuple(cfg.batch_sizes), warmup=cfg.warmup, runs=cfg.runs,
-                            intra_op_threads=threads, input_shape=shape)
             res["status"] = "ok"
             results[prov] = res
             for b, r in res["per_batch"].items():

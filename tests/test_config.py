@@ -115,3 +115,30 @@ def test_cli_validate_and_stages_listing(write_config):
     for name in ("dense_warmup", "finetune", "evaluate", "export", "runtime_check"):
         assert f"{name}:" in proc.stdout
     assert "epochs = 200" in proc.stdout
+
+
+def test_attack_settings_that_would_be_ignored_are_rejected(write_config):
+    cfg = tiny_config()
+    cfg["stages"][0]["eval"] = {"attack": {"kind": "none"}}
+    text = "\n".join(problems_of(write_config, cfg))
+    assert "stages[0].eval.attack: kind 'none' would record clean accuracy as RA" in text
+    cfg = tiny_config()
+    cfg["stages"][1]["attack"] = {"restarts": 3}
+    text = "\n".join(problems_of(write_config, cfg))
+    assert "stages[1].attack: restarts applies to evaluation attacks only" in text
+
+
+def test_run_name_from_an_unusable_file_name(tmp_path):
+    path = tmp_path / "my cfg.yaml"
+    cfg = tiny_config()
+    del cfg["run"]["name"]
+    path.write_text(__import__("yaml").safe_dump(cfg))
+    with pytest.raises(ConfigError, match="run.name: not set, and the file name 'my cfg'"):
+        load_config(path)
+
+
+def test_set_addresses_a_stage_named_by_its_type(write_config):
+    cfg = tiny_config()
+    del cfg["stages"][2]["name"]  # defaults to its type, "evaluate"
+    loaded = load_config(write_config(cfg), ["stages.evaluate.batch_size=32"])
+    assert loaded.stage("evaluate").batch_size == 32

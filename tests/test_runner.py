@@ -9,12 +9,13 @@ import sys
 import textwrap
 
 import pytest
+import torch
 import yaml
 
 from pipeline import store
 from pipeline.config import load_config
 from pipeline.errors import LockError
-from pipeline.lock import RunLock
+from pipeline.lock import RunLock, lock_state
 from pipeline.registry import STAGES
 from pipeline.runner import Runner
 
@@ -112,16 +113,24 @@ def test_until_stops_after_named_stage(write_config, tmp_path):
 
 def test_lock_blocks_a_second_writer(tmp_path):
     with RunLock(tmp_path):
-        with pytest.raises(LockError, match="in use by process"):
+        assert lock_state(tmp_path) == "held"
+        with pytest.raises(LockError, match=f"in use by process {os.getpid()}"):
             with RunLock(tmp_path):
                 pass
-    assert not (tmp_path / ".lock").exists()
+    assert lock_state(tmp_path) == "free"
+    seen = []
+    with RunLock(tmp_path, on_stale=seen.append):  # a clean release leaves nothing stale behind
+        pass
+    assert seen == []
 
 
 def test_stale_lock_is_detected_and_reported(tmp_path):
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    # a process that takes the lock and is SIGKILLed while holding it
+    code = ("import os, signal, sys; from pipeline.lock import RunLock, lock_state; "
+            "RunLock(sys.argv[1]).__enter__(); os.kill(os.getpid(), signal.SIGKILL)")
+    dead = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)])
     dead.wait()
-    (tmp_path / ".lock").write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename, "started": "x"}))
+    assert lock_state(tmp_path) == "stale"
     seen = []
     with RunLock(tmp_path, on_stale=seen.append):
         pass
@@ -177,3 +186,46 @@ def test_stage_plugin_from_outside_the_core(tmp_path, write_config, monkeypatch)
         assert stage_record(tmp_path / "run", "loud")["metrics"]["length"] == 6
     finally:
         STAGES.reload()
+
+
+def test_status_applies_the_runs_set_overrides(write_config, tmp_path):
+    path = write_config(train_only())
+    run_dir = tmp_path / "run"
+    run_cli("run", str(path), "--run-dir", str(run_dir), "-q", "--until", "warmup",
+            "--set", "stages.warmup.epochs=1", check=True)
+    out = json.loads(run_cli("status", str(run_dir), "--json", check=True).stdout)
+    assert {s["name"]: s["state"] for s in out["stages"]} == {"warmup": "done", "finetune": "pending"}
+
+
+def test_progress_survives_a_kill_between_its_writes(write_config, tmp_path):
+    from pipeline.context import StageContext
+
+    cfg = load_config(write_config(train_only()))
+    run_dir = tmp_path / "run"
+
+    def ctx():
+        return StageContext(cfg=cfg, stage_cfg=cfg.stages[0], run_dir=run_dir, device="cpu",
+                            console=Runner(cfg, run_dir, quiet=True).console, fingerprint="fp", data_cache={})
+
+    first = ctx()
+    first.save_progress({"epoch": 1, "step": 6, "w": torch.ones(3)})
+    first.save_progress({"epoch": 2, "step": 12, "w": torch.full((3,), 2.0)})
+    files = sorted(p.name for p in first.progress_dir.iterdir())
+    assert files == ["manifest.json", "state-000002.pt"]  # the older state goes once the manifest names the new
+    # a kill after the next state file was written but before the manifest named it
+    (first.progress_dir / "state-000003.pt").write_bytes(b"half a file")
+    state = ctx().load_progress()
+    assert state["epoch"] == 2 and torch.equal(state["w"], torch.full((3,), 2.0))
+
+
+def test_early_bird_stop_on_an_unevaluated_epoch_is_evaluated(write_config, tmp_path):
+    cfg = train_only()
+    cfg["stages"] = [cfg["stages"][0], {**cfg["stages"][0], "name": "eb", "type": "early_bird", "input": "warmup",
+                                        "epochs": 6, "window": 2, "threshold": 1.0, "density": 0.5,
+                                        "eval": {**cfg["stages"][0]["eval"], "every": 5}}]
+    cfg["stages"][0]["epochs"] = 1
+    run_dir = tmp_path / "run"
+    run_cli("run", str(write_config(cfg)), "--run-dir", str(run_dir), "-q", check=True)
+    rows = [json.loads(line) for line in (run_dir / "eb" / "history.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and "val_ra" in rows[-1]  # stopped at epoch 2 (window 2), judged although every=5
+    assert stage_record(run_dir, "eb")["metrics"]["RA_final"] == rows[-1]["test_ra"]

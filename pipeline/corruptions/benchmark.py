@@ -63,6 +63,9 @@ class CorruptionConfig(StrictModel):
     def _source(self):
         if self.path is None and not self.generate:
             raise ValueError("set `path` (a published CIFAR-10-C style directory) or `generate: true`")
+        if self.path is not None and not self.path.is_dir() and not self.generate:
+            raise ValueError(f"path: directory not found: {self.path}; set `generate: true` to generate the "
+                             "corruptions from the test split instead")
         return self
 
 

@@ -115,6 +115,12 @@ def ticket_masks(model: nn.Module, criterion: CriterionConfig, density: float, *
     return _nni_masks(model, criterion, density, within, where)
 
 
+def check_criterion(model: nn.Module, criterion: CriterionConfig, density: float, where: str = "criterion") -> None:
+    """Cut one throw-away mask now, so a config_list nni rejects fails before any training, not after it."""
+    if criterion.pruner not in OWN_PRUNERS:
+        _nni_masks(model, criterion, density, None, where)
+
+
 def _nni_masks(model: nn.Module, criterion: CriterionConfig, density: float, within: MaskSet | None,
                where: str) -> MaskSet:
     from .nni_criteria import criterion_masks

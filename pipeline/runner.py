@@ -160,12 +160,13 @@ class Runner:
                 if status.state == "done" and not forced:
                     self.console.info(f"[{st.name}] done, skipped (fingerprint matches)")
                     continue
-                self._run_stage(st, device, fresh=forced, why=("--from" if forced else status.state))
+                why = "--from" if forced else ("resuming" if status.state in ("partial", "running") else status.state)
+                self._run_stage(st, device, fresh=forced, why=why)
         return self.statuses()
 
     def _report_stale_lock(self, info: dict) -> None:
-        self.console.always(f"note: removed a stale lock of process {info.get('pid')} (started {info.get('started')}), "
-                            "which is no longer running; its last saved progress will be resumed")
+        self.console.always(f"note: the previous run in this directory (process {info.get('pid')}, started "
+                            f"{info.get('started')}) ended without finishing (stale lock); resuming from its saved progress")
 
     def _run_stage(self, st, device: torch.device, *, fresh: bool, why: str) -> None:
         cls = STAGES.get(st.type)

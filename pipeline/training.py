@@ -365,10 +365,8 @@ def save_trained(ctx, model: torch.nn.Module, card: dict, result: TrainResult, s
     ctx.save_model(model, card, masks=best_masks if chosen == "best" else masks)
     files = {"model.safetensors": chosen}
     other = None
-    if chosen == "best":
-        other = ("final", result.final_state, masks)
-    elif result.best_state is not None and result.best_epoch != len(result.history):
-        other = ("best", result.best_state, best_masks)
+    if result.best_state is not None and result.best_epoch != len(result.history):  # else best is final
+        other = ("final", result.final_state, masks) if chosen == "best" else ("best", result.best_state, best_masks)
     if other is not None:
         label, state, other_masks = other
         ctx.save_weights(state, f"model_{label}.safetensors", masks=other_masks)

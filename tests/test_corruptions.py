@@ -190,9 +190,12 @@ def test_benchmark_generated_when_published_absent(tmp_path):
     assert res["n"] == 4 and set(res["per"]) == {"fog", "contrast"} and all(len(v) == 5 for v in res["per"].values())
     assert res == {**evaluate_corruptions(Brightest(), test_x, test_y, cfg, device="cpu", batch_size=4),
                    "seconds": res["seconds"]}
-    with pytest.raises(DataError, match="generate: true"):
-        evaluate_corruptions(Brightest(), test_x, test_y, CorruptionConfig(path=tmp_path / "absent"),
-                             device="cpu", batch_size=4)
+    with pytest.raises(ValueError, match="path: directory not found.*generate: true"):
+        CorruptionConfig(path=tmp_path / "absent")  # caught when the config is validated, before any work
+    vanished = CorruptionConfig.model_construct(path=tmp_path / "absent", generate=False, types=None,
+                                                severities=[1], limit=None, seed=0, backend="builtin", batch_size=None)
+    with pytest.raises(DataError, match="generate: true"):  # and if the directory goes away after validation
+        evaluate_corruptions(Brightest(), test_x, test_y, vanished, device="cpu", batch_size=4)
     with pytest.raises(ValueError, match="generate: true"):
         CorruptionConfig()
 

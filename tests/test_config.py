@@ -6,7 +6,7 @@ import pytest
 from pipeline.config import load_config, parse_override
 from pipeline.errors import ConfigError
 
-from .conftest import run_cli, tiny_config
+from .conftest import REPO, run_cli, tiny_config
 
 
 def problems_of(write_config, cfg, overrides=()):
@@ -142,3 +142,9 @@ def test_set_addresses_a_stage_named_by_its_type(write_config):
     del cfg["stages"][2]["name"]  # defaults to its type, "evaluate"
     loaded = load_config(write_config(cfg), ["stages.evaluate.batch_size=32"])
     assert loaded.stage("evaluate").batch_size == 32
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(path):
+    cfg = load_config(path)  # data paths with download: true validate offline
+    assert cfg.stages and cfg.run.name

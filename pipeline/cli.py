@@ -246,9 +246,10 @@ def _print_stages() -> None:
     for name in STAGES.names():
         cls = STAGES.get(name)
         print(f"{name}: {cls.summary}")
-        for fname, finfo in cls.Config.model_fields.items():
-            if fname in ("type",):
-                continue
+        fields = cls.Config.model_fields
+        order = ["name", "input"] + [f for f in fields if f not in ("name", "input", "type")]
+        for fname in order:
+            finfo = fields[fname]
             default = "required" if finfo.is_required() else _short(finfo.get_default(call_default_factory=True))
             desc = f"  {finfo.description}" if finfo.description else ""
             print(f"    {fname} = {default}{desc}")

@@ -121,10 +121,12 @@ def summarize_run(run: RunView, label: str | None = None) -> dict[str, Any]:
     hist_stage = _history_stage(run, final)
     if hist_stage is not None:
         history = hist_stage.history()
-        has_val = any(num(r.get("val_ra")) is not None for r in history)
-        s = summarize_history(history, "val_ra" if has_val else "test_ra")
+        # as training selects: val RA; clean-trained runs without RA select on val SA
+        key = next((k for k in ("val_ra", "val_sa", "test_ra") if any(num(r.get(k)) is not None for r in history)),
+                   "val_ra")
+        s = summarize_history(history, key)
         row.update({"history_stage": hist_stage.name, "best_epoch": s["best_epoch"],
-                    "best_selected_on": "val_ra" if has_val else "test_ra",
+                    "best_selected_on": key,
                     "ra_best": s["RA_best"], "ra_final": s["RA_final"], "ra_diff": s["RA_diff"],
                     "sa_best": s["SA_best"], "sa_final": s["SA_final"], "sa_diff": s["SA_diff"]})
         eval_attack = (hist_stage.config.get("eval") or {}).get("attack")
@@ -264,7 +266,8 @@ def compare_runs(run_dirs: list[Path], out: Path | None = None, labels: list[str
         per_run.append(
             f"- {r['label']} (`{r['run_dir']}`): final model `{r['final_stage']}`"
             + (f", history of `{r['history_stage']}` (best epoch {r['best_epoch']}"
-               + (", selected on test RA: no val RA was logged" if r.get("best_selected_on") == "test_ra" else "")
+               + {"test_ra": ", selected on test RA: no val RA was logged",
+                  "val_sa": ", selected on val SA: clean training logged no RA"}.get(r.get("best_selected_on"), "")
                + ")" if r.get("history_stage") else ", no per-epoch history")
             + (f", training stages {' + '.join(f'`{s}`' for s in r['training_stages'])}" if r["training_stages"] else "")
             + (f", evaluated by `{r['evaluate_stage']}` (gap at the {r.get('gap_checkpoint')} checkpoint)"

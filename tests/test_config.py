@@ -6,7 +6,7 @@ import pytest
 from pipeline.config import load_config, parse_override
 from pipeline.errors import ConfigError
 
-from .conftest import REPO, run_cli, tiny_config
+from .conftest import REPO, SHARED_DATA, run_cli, tiny_config
 
 
 def problems_of(write_config, cfg, overrides=()):
@@ -146,5 +146,7 @@ def test_set_addresses_a_stage_named_by_its_type(write_config):
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_recipe_validates(path):
+    if "shared/data" in path.read_text() and not SHARED_DATA.exists():
+        pytest.skip("recipe reads ../shared/data, which is absent here")
     cfg = load_config(path)  # data paths with download: true validate offline
     assert cfg.stages and cfg.run.name

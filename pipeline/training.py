@@ -109,6 +109,8 @@ class TrainingConfig(StrictModel):
         if self.attack.kind != wanted:
             fields = self.attack.model_dump(exclude_unset=True)
             fields.pop("kind", None)
+            if wanted == "fgsm_rs":
+                fields["steps"] = 1  # FGSM-RS is one step whatever was written; the resolved config says so
             object.__setattr__(self, "attack", AttackConfig(kind=wanted, **fields))
         return self
 

@@ -30,7 +30,8 @@ def config() -> dict:
     omp = {"name": "omp", "type": "imp", "input": "warmup", "method": "omp", "target_sparsity": 0.7, **TRAIN, "epochs": 1}
     rnd = {"name": "rnd", "type": "imp", "input": "warmup", "method": "random", "target_sparsity": 0.7, **TRAIN,
            "epochs": 1}
-    cfg["stages"] = [warmup, IMP, omp, rnd]
+    pick = {"name": "pick", "type": "finetune", "input": "imp", "ticket_round": 2, "mode": "pgd", **TRAIN, "epochs": 1}
+    cfg["stages"] = [warmup, IMP, omp, rnd, pick]
     return cfg
 
 
@@ -105,6 +106,17 @@ def test_omp_and_random_baselines_hit_the_target(reference):
         assert rec["imp"]["rounds"][0]["target_sparsity"] == 0.7
         assert (run_dir / stage / "round_01.masks.safetensors").read_bytes() == \
                (run_dir / stage / "masks.safetensors").read_bytes()
+
+
+def test_finetune_picks_another_rounds_ticket(reference):
+    _, run_dir = reference
+    assert record(run_dir, "imp")["metrics"]["selected_round"] == 3
+    round2 = load_file(run_dir / "imp" / "round_02.masks.safetensors")
+    picked = load_file(run_dir / "pick" / "masks.safetensors")
+    assert picked.keys() == round2.keys() and all(torch.equal(picked[k], round2[k]) for k in round2)
+    weights = load_file(run_dir / "pick" / "model.safetensors")
+    assert all(int((weights[k][~m]).count_nonzero()) == 0 for k, m in picked.items())
+    assert record(run_dir, "pick")["metrics"]["density"] == pytest.approx(kept(round2) / sum(m.numel() for m in round2.values()))
 
 
 def test_sigkill_mid_round_then_resume_is_bit_identical(reference, tmp_path):

@@ -39,3 +39,53 @@ def test_all_stages_end_to_end(write_config, tmp_path):
 def test_root_pipeline_yaml_is_valid():
     proc = run_cli("validate", str(REPO / "pipeline.yaml"), check=True)
     assert "warmup -> early_bird -> finetune -> evaluate -> export -> runtime_check" in proc.stdout
+
+
+@pytest.mark.slow
+def test_root_pipeline_runs_and_resumes_after_sigkill_bit_identically(tmp_path):
+    """The real quickstart (pipeline.yaml), killed mid-warmup and resumed, ends with the same files."""
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    run_cli("run", str(REPO / "pipeline.yaml"), "--run-dir", str(ref), "-q", check=True)
+    killed = run_cli("run", str(REPO / "pipeline.yaml"), "--run-dir", str(cut), "-q",
+                     env={"PIPELINE_FAULT_AFTER_STEPS": "50"})
+    assert killed.returncode == -9
+    run_cli("run", str(REPO / "pipeline.yaml"), "--run-dir", str(cut), "-q", check=True)
+    for name in ("warmup/model.safetensors", "early_bird/model.safetensors", "early_bird/masks.safetensors",
+                 "finetune/model.safetensors", "finetune/masks.safetensors", "export/model.onnx"):
+        assert (cut / name).read_bytes() == (ref / name).read_bytes(), name
+
+    eb = json.loads((ref / "early_bird" / "stage.json").read_text())
+    assert eb["early_bird"]["emerged"] and eb["metrics"]["density"] == pytest.approx(0.5, abs=1e-3)
+    from safetensors.torch import load_file
+
+    weights, masks = load_file(ref / "finetune" / "model.safetensors"), load_file(ref / "finetune" / "masks.safetensors")
+    assert all(int(weights[k][~m].count_nonzero()) == 0 for k, m in masks.items())
+    assert json.loads((ref / "export" / "stage.json").read_text())["metrics"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert (ref / "runtime_check" / "runtime.json").exists()
+    assert list((ref / "tensorboard" / "warmup").glob("events.out.tfevents.*"))
+
+
+def test_export_that_fails_parity_keeps_no_model(write_config, tmp_path):
+    cfg = tiny_config(export={"parity_tol": 1e-12})
+    cfg["stages"] = [cfg["stages"][0], cfg["stages"][3]]
+    cfg["stages"][0]["epochs"] = 1
+    run_dir = tmp_path / "run"
+    proc = run_cli("run", str(write_config(cfg)), "--run-dir", str(run_dir), "-q")
+    assert proc.returncode == 5 and "ONNX parity failed" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (run_dir / "export" / "model.onnx").exists() and not (run_dir / "export" / "stage.json").exists()
+    assert (run_dir / "warmup" / "stage.json").exists()  # the finished stage survives the later failure
+
+
+@pytest.mark.skipif("cuda" in __import__("exports.ort_runtime", fromlist=["x"]).available_providers(),
+                    reason="needs an onnxruntime without the CUDA provider")
+def test_runtime_check_missing_provider_skip_or_error(write_config, tmp_path):
+    cfg = tiny_config(runtime_check={"providers": ["cpu", "cuda"]})
+    cfg["stages"] = [cfg["stages"][0], cfg["stages"][3], cfg["stages"][4]]
+    cfg["stages"][0]["epochs"] = 1
+    run_dir = tmp_path / "run"
+    run_cli("run", str(write_config(cfg)), "--run-dir", str(run_dir), "-q", check=True)
+    rt = json.loads((run_dir / "runtime_check" / "runtime.json").read_text())
+    assert rt["providers"]["cuda"]["status"] == "skipped" and rt["providers"]["cpu"]["status"] == "ok"
+    proc = run_cli("run", str(write_config(cfg)), "--run-dir", str(run_dir), "-q",
+                   "--set", "stages.runtime_check.on_missing=error")
+    assert proc.returncode == 1 and "provider 'cuda' is not available" in proc.stderr

@@ -44,11 +44,11 @@ class KeepMasks(TrainingHooks):
         self.masks = masks
 
     def on_start(self, model, optimizer) -> None:
-        self.model, self.optimizer = model, optimizer
-        self.masks.apply_(model)
+        self.enforce = self.masks.enforcer(model, optimizer)
+        self.enforce()
 
     def after_step(self, step: int) -> None:
-        self.masks.enforce_(self.model, self.optimizer)
+        self.enforce()
 
     def densities(self) -> dict[str, float]:
         return self.masks.layer_densities()

@@ -9,11 +9,11 @@ from __future__ import annotations
 from .allocation import ALLOCATORS, erk, get_allocator, igq, uniform
 from .early_bird import EarlyBirdDetector, early_bird_distance
 from .magnitude import global_magnitude_masks, imp_round_density, layerwise_magnitude_masks, random_masks
-from .masks import MaskSet, attach_mask_hooks, prunable_params
+from .masks import MaskEnforcer, MaskSet, attach_mask_hooks, prunable_params
 from .select import derived_generator, random_mask, topk_mask
 
 __all__ = [
-    "ALLOCATORS", "EarlyBirdDetector", "MaskSet", "attach_mask_hooks", "derived_generator", "early_bird_distance",
+    "ALLOCATORS", "EarlyBirdDetector", "MaskEnforcer", "MaskSet", "attach_mask_hooks", "derived_generator", "early_bird_distance",
     "erk", "get_allocator", "global_magnitude_masks", "igq", "imp_round_density", "layerwise_magnitude_masks",
     "prunable_params", "random_mask", "random_masks", "topk_mask", "uniform",
 ]

@@ -200,16 +200,62 @@ class MaskSet(Mapping[str, Tensor]):
     def zero_optimizer_state_(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
         """Zero every per-weight optimizer state tensor (SGD momentum_buffer, Adam exp_avg/exp_avg_sq,
         max_exp_avg_sq, ...) at masked positions: any state tensor of the parameter's shape."""
-        for _, p, m in self._params(model):
-            for value in optimizer.state.get(p, {}).values():
-                if isinstance(value, Tensor) and value.shape == p.shape:
-                    value.mul_(m)
+        MaskEnforcer([(p, m) for _, p, m in self._params(model)], optimizer).zero_optimizer_state()
 
     def enforce_(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """apply_ plus zero_optimizer_state_: call right after every optimizer.step()."""
-        self.apply_(model)
-        if optimizer is not None:
-            self.zero_optimizer_state_(optimizer, model)
+        """apply_ plus zero_optimizer_state_: call right after every optimizer.step() (for a training
+        loop, build `enforcer()` once instead: it caches the pairs)."""
+        self.enforcer(model, optimizer)()
+
+    def enforcer(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> "MaskEnforcer":
+        """A cached enforcement of these masks on `model` (and `optimizer`'s per-weight state)."""
+        return MaskEnforcer([(p, m) for _, p, m in self._params(model)], optimizer)
+
+
+class MaskEnforcer:
+    """Keeps masks in force after every optimizer step, cheaply: zero the masked weights and their
+    per-weight optimizer state, with the (weight, float mask) pairs cached between topology changes,
+    fully dense layers skipped, and one fused `torch._foreach_mul_` per list.
+
+    This is exact: a masked weight and its momentum are zero before the step and are zeroed again right
+    after it, before any forward pass sees them; the gradient there stays dense (RigL-style growth reads it).
+    """
+
+    def __init__(self, pairs: list[tuple[Tensor, Tensor]], optimizer: torch.optim.Optimizer | None = None):
+        """`pairs`: (parameter, bool mask of its shape); the masks may change in place, then call refresh()."""
+        self.pairs = pairs
+        self.optimizer = optimizer
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the masks (after a topology change or a restore)."""
+        self._params: list[Tensor] = []
+        self._masks: list[Tensor] = []
+        for p, m in self.pairs:
+            if not bool(m.all()):
+                self._params.append(p)
+                self._masks.append(m.to(p.dtype))
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        if not self._params:
+            return
+        torch._foreach_mul_(self._params, self._masks)
+        self.zero_optimizer_state()
+
+    @torch.no_grad()
+    def zero_optimizer_state(self) -> None:
+        if self.optimizer is None or not self._params:
+            return
+        # Looked up every call: optimizer state appears after the first step and is replaced on a restore.
+        states, masks = [], []
+        for p, m in zip(self._params, self._masks):
+            for value in self.optimizer.state.get(p, {}).values():
+                if isinstance(value, Tensor) and value.shape == p.shape:
+                    states.append(value)
+                    masks.append(m)
+        if states:
+            torch._foreach_mul_(states, masks)
 
 
 def attach_mask_hooks(model: nn.Module, masks: MaskSet, optimizer: torch.optim.Optimizer) -> RemovableHandle:

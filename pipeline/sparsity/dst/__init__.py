@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .config import AdaptiveConfig, GradualConfig, MemoryBoundConfig, SparsityConfig, fill_from_preset, resolve_sparsity
 from .core import METHODS, DynamicSparsity, Layer, register, select_drop_grow
-from .enforce import MaskEnforcer
+from ..masks import MaskEnforcer
 from .hooks import RewireHooks
 from .methods import build_method, fbp_signals
 from .schedule import Schedule, cubic_density

@@ -13,7 +13,7 @@ import torch
 
 from pipeline.training import TrainingHooks
 
-from .enforce import MaskEnforcer
+from ..masks import MaskEnforcer
 from .methods import DynamicSparsity, Layer
 from .state import DSTState
 

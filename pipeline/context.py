@@ -13,6 +13,7 @@ import torch
 
 from . import store
 from .errors import CheckpointError
+from .data.batches import derive_seed  # one derivation for data order and every other stream
 from .modelcard import build_model, model_card
 
 if TYPE_CHECKING:
@@ -316,13 +317,6 @@ class StageContext:
         g = torch.Generator(device=dev)
         g.manual_seed(derive_seed(self.seed, *parts))
         return g
-
-
-def derive_seed(*parts: int) -> int:
-    h = 1469598103934665603
-    for p in parts:
-        h = ((h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
-    return h & 0x7FFFFFFFFFFFFFFF
 
 
 def seed_everything(seed: int) -> None:

@@ -18,8 +18,8 @@ from pipeline.evaluation import summarize_history
 from pipeline.flops import count_macs, inference_flops
 from pipeline.schema import Ratio
 from pipeline.sparsity import EarlyBirdDetector, global_magnitude_masks
-from pipeline.sparsity.tickets import (CriterionConfig, Scope, TicketHooks, check_criterion, rewind_epoch,
-                                       scope_params, sparsity_record, ticket_masks)
+from pipeline.sparsity.tickets import (CriterionConfig, Scope, TicketHooks, check_criterion, criterion_batches,
+                                       rewind_epoch, scope_params, sparsity_record, ticket_masks)
 from pipeline.stage import Stage, StageConfig
 from pipeline.training import ScheduleConfig, TrainingConfig, train
 
@@ -107,8 +107,9 @@ class EarlyBird(Stage):
                                f"pruning the last epoch's weights (on_no_emergence: use_last)")
 
         model.load_state_dict(result.final_state)
+        batches = criterion_batches(cfg.criterion, data, batch_size=cfg.batch_size, seed=ctx.seed, device=ctx.device)
         masks = ticket_masks(model, cfg.criterion, cfg.density, generator=ctx.generator(0x5EED, device="cpu"),
-                             where=f"stages.{ctx.name}.criterion")
+                             batches=batches, where=f"stages.{ctx.name}.criterion")
         if hooks.snapshot_epoch is not None:
             if hooks.snapshot is None:
                 raise StageFailed(f"early_bird: rewind_to {cfg.rewind_to} was never reached: the ticket emerged "

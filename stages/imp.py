@@ -33,7 +33,8 @@ from pipeline.flops import count_macs, inference_flops
 from pipeline.schema import Ratio
 from pipeline.sparsity import MaskSet, imp_round_density
 from pipeline.sparsity.tickets import (CriterionConfig, Scope, TicketHooks, check_criterion, cpu_state,
-                                       rewind_epoch, round_files, round_metadata, sparsity_record, ticket_masks)
+                                       criterion_batches, rewind_epoch, round_files, round_metadata, sparsity_record,
+                                       ticket_masks)
 from pipeline.stage import Stage, StageConfig
 from pipeline.training import OptimizerConfig, ScheduleConfig, TrainingConfig, train
 
@@ -124,7 +125,7 @@ class Imp(Stage):
 
         state = ctx.load_progress()
         if state is None:
-            mask = self._first_mask(ctx, cfg, model, where)  # None: imp starts with a dense round 0
+            mask = self._first_mask(ctx, cfg, model, data, where)  # None: imp starts with a dense round 0
             state = {"round": 0 if mask is None else 1, "mask": _plain(mask), "rounds": [],
                      "rewind_file": "rewind_input.safetensors",  # the input = the "pretrained" rewind point
                      "rewind_sha": store.save_tensors(ctx.progress_dir / "rewind_input.safetensors", cpu_state(model)),
@@ -165,7 +166,8 @@ class Imp(Stage):
             next_mask = None
             if k < last:
                 model.load_state_dict(trained)
-                next_mask = ticket_masks(model, cfg.criterion, imp_round_density(p, k + 1), within=mask, where=where)
+                next_mask = ticket_masks(model, cfg.criterion, imp_round_density(p, k + 1), within=mask, where=where,
+                                         batches=_batches(ctx, cfg, data))
             rounds = [*state["rounds"], record]
             state = {**state, "round": k + 1, "mask": _plain(next_mask), "rounds": rounds,
                      "epoch": f"round {k + 1}", "step": sum(r["steps"] for r in rounds)}
@@ -175,16 +177,18 @@ class Imp(Stage):
         self._finish(ctx, cfg, state, model, card, data, tickets, last)
 
     @staticmethod
-    def _first_mask(ctx, cfg: ImpConfig, model, where: str) -> MaskSet | None:
+    def _first_mask(ctx, cfg: ImpConfig, model, data, where: str) -> MaskSet | None:
         """The mask of round 1 from the input's weights (None when imp trains a dense round 0 first)."""
         if cfg.method == "random":
             random = cfg.criterion.model_copy(update={"pruner": "random", "config_list": None})
             return ticket_masks(model, random, 1 - cfg.target_sparsity, where=where,
                                 generator=ctx.generator(_RANDOM_MASK_STREAM, device="cpu"))
         if cfg.method == "omp":
-            return ticket_masks(model, cfg.criterion, 1 - cfg.target_sparsity, where=where)
+            return ticket_masks(model, cfg.criterion, 1 - cfg.target_sparsity, where=where,
+                                batches=_batches(ctx, cfg, data))
         if cfg.prune_before_training:
-            return ticket_masks(model, cfg.criterion, imp_round_density(cfg.prune_fraction, 1), where=where)
+            return ticket_masks(model, cfg.criterion, imp_round_density(cfg.prune_fraction, 1), where=where,
+                                batches=_batches(ctx, cfg, data))
         check_criterion(model, cfg.criterion, imp_round_density(cfg.prune_fraction, 1), where=where)
         return None
 
@@ -224,6 +228,10 @@ class Imp(Stage):
         ctx.metrics.update({"method": cfg.method, "selected_round": chosen, "rounds_trained": len(rounds),
                             "density": sparsity["density"], "sparsity": sparsity["sparsity"],
                             "steps": sum(r["steps"] for r in rounds)})
+
+
+def _batches(ctx, cfg: ImpConfig, data) -> list | None:
+    return criterion_batches(cfg.criterion, data, batch_size=cfg.batch_size, seed=ctx.seed, device=ctx.device)
 
 
 def _ticket_numbers(cfg: ImpConfig, mask: MaskSet, k: int) -> dict:

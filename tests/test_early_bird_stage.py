@@ -124,7 +124,7 @@ def test_sigkill_mid_search_then_resume_is_bit_identical(write_config, tmp_path)
 def test_config_errors_name_their_path():
     cfg = pipeline_of(early_bird(rewind_to="epoch_9"),
                       early_bird(name="eb1", criterion={"pruner": "global_magnitude", "config_list": []}),
-                      early_bird(name="eb2", criterion={"pruner": "taylor"}, window=1))
+                      early_bird(name="eb2", criterion={"pruner": "slim"}, window=1))
     try:
         validate_tree(cfg)
     except ConfigError as exc:
@@ -133,5 +133,16 @@ def test_config_errors_name_their_path():
         raise AssertionError("invalid config accepted")
     assert "stages[0].rewind_to: epoch_9 is after the last epoch (6)" in text
     assert "stages[1].criterion.config_list: only used with the nni pruners" in text
-    assert "stages[2].criterion.pruner: 'taylor' is not supported here" in text
+    assert "stages[2].criterion.pruner: 'slim' is not supported here" in text
     assert "stages[2].window: must be >= 2" in text
+
+
+def test_taylor_criterion_cuts_the_ticket_through_the_stage(write_config, tmp_path):
+    cfg = pipeline_of(early_bird(epochs=2, window=2, threshold=1.0, density=0.3,
+                                 criterion={"pruner": "taylor", "taylor_batches": 2}))
+    run_dir = tmp_path / "run"
+    run_cli("run", str(write_config(cfg)), "--run-dir", str(run_dir), "-q", check=True)
+    masks = load_file(run_dir / "early_bird" / "masks.safetensors")
+    kept = sum(int(m.sum()) for m in masks.values())
+    assert kept == round(0.3 * sum(m.numel() for m in masks.values()))
+    assert record(run_dir, "early_bird")["config"]["criterion"]["pruner"] == "taylor"

@@ -412,6 +412,34 @@ def test_nni_l1_gives_whole_filters_and_unsupported_pruners_say_why():
     norms = model.conv2.weight.detach().abs().flatten(1).sum(1)
     assert set(filters.all(1).nonzero().view(-1).tolist()) == set(norms.argsort(descending=True)[:4].tolist())
     with pytest.raises(ConfigError, match="training data"):
-        criterion_masks(model, pruner="taylor", config_list=[{"op_types": ["Conv2d"], "sparse_ratio": 0.5}])
+        criterion_masks(model, pruner="slim", config_list=[{"op_types": ["Conv2d"], "sparse_ratio": 0.5}])
     with pytest.raises(ConfigError, match="fpgm, l1, l2, level"):
         criterion_masks(model, pruner="oracle", config_list=[])
+
+
+def test_taylor_criterion_ranks_weight_times_gradient_globally():
+    from pipeline.sparsity.tickets import CriterionConfig, taylor_scores, ticket_masks
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    batches = [(torch.rand(5, 1, 8, 8), torch.randint(0, 3, (5,))) for _ in range(2)]
+    params = {"0.weight": model[0].weight, "3.weight": model[3].weight}
+    # by hand: |w * grad| of the summed per-batch losses
+    expected = {n: torch.zeros_like(p) for n, p in params.items()}
+    for x, y in batches:
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        for n, p in params.items():
+            expected[n] += (p.detach() * p.grad).abs()
+    scores = taylor_scores(model, params, batches)
+    assert all(torch.allclose(scores[n], expected[n], atol=1e-7) for n in params)
+
+    masks = ticket_masks(model, CriterionConfig(pruner="taylor"), 0.25, batches=batches)
+    flat = torch.cat([scores[n].flatten() for n in params])
+    k = round(0.25 * flat.numel())
+    assert sum(int(m.sum()) for m in masks.values()) == k
+    threshold = flat.sort(descending=True).values[k - 1]
+    kept = torch.cat([scores[n][masks[n]].flatten() for n in params])
+    assert bool((kept >= threshold).all())
+    with pytest.raises(ValueError, match="needs training batches"):
+        ticket_masks(model, CriterionConfig(pruner="taylor"), 0.25)

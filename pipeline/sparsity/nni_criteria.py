@@ -31,7 +31,6 @@ PRUNERS = {"level": "LevelPruner", "l1": "L1NormPruner", "l2": "L2NormPruner", "
 # name -> why it cannot run here: these need an nni Evaluator that trains on data
 NEEDS_TRAINING = {
     "slim": "SlimPruner learns BN scaling factors during training",
-    "taylor": "TaylorPruner accumulates gradients over training steps",
     "movement": "MovementPruner learns scores during fine-tuning",
     "linear": "LinearPruner schedules another pruner over training steps",
     "agp": "AGPPruner schedules another pruner over training steps",

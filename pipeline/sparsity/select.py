@@ -5,7 +5,6 @@ deterministically by flat index, so a mask depends only on the scores (or on the
 """
 from __future__ import annotations
 
-import hashlib
 
 import torch
 from torch import Tensor
@@ -58,8 +57,8 @@ def derived_generator(seed: int, *keys: int | str, device: torch.device | str = 
     """A generator seeded from (seed, *keys), e.g. (seed, step, layer_index).
 
     A resumed run that rebuilds the generator from the same keys draws the same numbers, so nothing
-    about the generator needs saving. sha256 keeps distinct key tuples from colliding in practice.
+    about the generator needs saving. The hash keeps distinct key tuples from colliding in practice.
     """
-    text = "/".join(str(part) for part in (seed, *keys)).encode()
-    derived = int.from_bytes(hashlib.sha256(text).digest()[:8], "little") & ((1 << 63) - 1)
-    return torch.Generator(device=device).manual_seed(derived)
+    from pipeline.data.batches import derive_seed  # the project's one seed derivation
+
+    return torch.Generator(device=device).manual_seed(derive_seed(seed, *keys))

@@ -6,7 +6,9 @@ Shared by the `early_bird` and `imp` stages; any stage may load an IMP round thr
 
 Criteria. `global_magnitude` is our exact global top-k of |w| over all layers of the scope together
 (one threshold, as both papers prune). `random` ranks uniformly random scores the same way, so it is
-also exact and can prune among survivors. The nni names (`level`, `l1`, `l2`, `fpgm`) rank per layer
+also exact and can prune among survivors. `taylor` ranks the first-order Taylor saliency |w * dL/dw|
+(the loss change when a weight is removed), summed over `taylor_batches` clean training batches, with
+the same exact global top-k. The nni names (`level`, `l1`, `l2`, `fpgm`) rank per layer
 (or per filter) through nni's pruners; without a `config_list` every layer of the scope gets the
 target sparsity.
 """
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 
 Scope = Literal["conv", "conv_linear"]
 SCOPE_KINDS: dict[str, tuple[str, ...]] = {"conv": ("conv",), "conv_linear": ("conv", "linear")}
-OWN_PRUNERS = ("global_magnitude", "random")
+OWN_PRUNERS = ("global_magnitude", "random", "taylor")
 _SCOPE_KEYS = ("scope", "dense_first", "dense_last")
 
 
@@ -47,7 +49,9 @@ class CriterionConfig(StrictModel):
     """Which weights a ticket keeps. Stages subclass it to set their default `scope`."""
 
     pruner: str = Field(default="global_magnitude",
-                        description="global_magnitude (exact global |w| top-k) | random | nni: level | l1 | l2 | fpgm")
+                        description="global_magnitude (exact global |w| top-k) | random | taylor (global |w * grad|) "
+                                    "| nni: level | l1 | l2 | fpgm")
+    taylor_batches: int = Field(default=8, gt=0, description="taylor: clean training batches the saliency is summed over")
     config_list: list[dict[str, Any]] | None = Field(
         default=None, description="nni v3 config_list (nni pruners only); entries without sparse_ratio get the target sparsity")
     scope: Scope = Field(default="conv_linear", description="prunable weights: conv, or conv and linear")
@@ -90,13 +94,29 @@ def scope_params(model: nn.Module, criterion: CriterionConfig | None = None, *, 
     return prunable_params(model, include=SCOPE_KINDS[scope], dense_first=first, dense_last=last)
 
 
+def taylor_scores(model: nn.Module, params: dict[str, nn.Parameter], batches) -> dict[str, torch.Tensor]:
+    """Sum over `batches` of |w * dL/dw| (mean CE, eval mode so BN statistics stay as they are)."""
+    was_training = model.training
+    model.eval()
+    scores = {n: torch.zeros_like(p) for n, p in params.items()}
+    names, tensors = list(params), list(params.values())
+    try:
+        for x, y in batches:
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            for n, p, g in zip(names, tensors, torch.autograd.grad(loss, tensors)):
+                scores[n].add_((p.detach() * g).abs_())
+    finally:
+        model.train(was_training)
+    return scores
+
+
 def ticket_masks(model: nn.Module, criterion: CriterionConfig, density: float, *, within: MaskSet | None = None,
-                 generator: torch.Generator | None = None, where: str = "criterion") -> MaskSet:
+                 generator: torch.Generator | None = None, where: str = "criterion", batches=None) -> MaskSet:
     """Masks keeping `density` of the criterion's weights (for nni entries without their own sparse_ratio).
 
     `within` (IMP): only its kept entries compete, so the result is a subset of it and `density` stays
-    relative to all weights (IMP round k passes (1 - p)^k). `random` needs `generator`. `where` is the
-    config path used in error messages.
+    relative to all weights (IMP round k passes (1 - p)^k). `random` needs `generator`, `taylor` needs
+    `batches` (see `criterion_batches`). `where` is the config path used in error messages.
     """
     if criterion.pruner in OWN_PRUNERS:
         params = scope_params(model, criterion)
@@ -108,11 +128,27 @@ def ticket_masks(model: nn.Module, criterion: CriterionConfig, density: float, *
             # uniform scores ranked by the same exact top-k: exact counts, and pruning among survivors works
             params = {n: torch.rand(p.shape, generator=generator, device=generator.device).to(p.device)
                       for n, p in params.items()}
+        elif criterion.pruner == "taylor":
+            if batches is None:
+                raise ValueError("the taylor criterion needs training batches")
+            params = taylor_scores(model, params, batches)
         try:
             return global_magnitude_masks(params, density, within=within)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
     return _nni_masks(model, criterion, density, within, where)
+
+
+def criterion_batches(criterion: CriterionConfig, data, *, batch_size: int, seed: int, device) -> list | None:
+    """The clean, non-augmented training batches a data-driven criterion scores on (None for the others).
+    Drawn in a fixed shuffled order of the run seed, so a resumed or repeated run scores the same images."""
+    if criterion.pruner != "taylor":
+        return None
+    from pipeline.data import train_batches
+
+    it = train_batches(data.train_x, data.train_y, batch_size=batch_size, seed=seed, epoch=-1, augment="none",
+                       crop_padding=0, device=device)
+    return [b for _, b in zip(range(criterion.taylor_batches), it)]
 
 
 def check_criterion(model: nn.Module, criterion: CriterionConfig, density: float, where: str = "criterion") -> None:

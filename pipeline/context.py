@@ -68,10 +68,7 @@ class StageHandle:
             return []
         path = self.file("history.jsonl")
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        select = self.record.get("history_select")
-        if select and not all_rows:
-            rows = [r for r in rows if all(r.get(k) == v for k, v in select.items())]
-        return rows
+        return rows if all_rows else selected_history(rows, self.record)
 
     def model_stage(self) -> "StageHandle":
         """The stage holding the weights this stage is about (evaluate/export pass their input's along)."""
@@ -103,6 +100,14 @@ class StageHandle:
 
             masks = MaskSet(holder.read_tensors(masks_file))
         return model.to(device), (masks.to(device) if masks is not None else None), card
+
+
+def selected_history(rows: list[dict], record: dict) -> list[dict]:
+    """The rows of a stage's history.jsonl that its stage.json `history_select` names (all when unset)."""
+    select = record.get("history_select")
+    if not select:
+        return rows
+    return [r for r in rows if all(r.get(k) == v for k, v in select.items())]
 
 
 def _missing(handle: StageHandle, name: str):

@@ -96,6 +96,18 @@ def inference_flops(layer_macs: list[LayerMacs], densities: Mapping[str, float] 
             "ratio": sparse / dense if dense else 1.0, "layers": per_layer}
 
 
+FLOPS_CONVENTION = ("FLOPs = 2 x MACs of conv/linear weights; paper: (attack_steps+1) x 3F per image; "
+                    "corrected: 3F per update + 2F per attack step (see pipeline/flops.py)")
+
+
+def inference_record(model: nn.Module, input_shape: tuple[int, ...], densities: Mapping[str, float] | None,
+                     **extra: Any) -> dict[str, Any]:
+    """stage.json `flops.inference` for `model` at `densities` (None: dense), per image."""
+    final = inference_flops(count_macs(model, input_shape), densities)
+    return {"dense_flops": final["dense_flops"], "sparse_flops": final["sparse_flops"], "ratio": final["ratio"],
+            "per_image": True, **extra}
+
+
 def _steps(mode: Mode, attack_steps: int | None) -> int:
     if mode not in _DEFAULT_STEPS:
         raise ValueError(f"mode must be one of {list(_DEFAULT_STEPS)}, got {mode!r}")

@@ -240,31 +240,32 @@ def _grouped_bars(ax, labels: Sequence[str], series: Sequence[tuple[str, Sequenc
     ax.grid(axis="x", visible=False)
 
 
+def _flops_panel(ax, title: str, labels: Sequence[str], pairs: Sequence[tuple[float | None, float | None]],
+                 names_colors: tuple[tuple[str, str], tuple[str, str]]) -> None:
+    """Two FLOPs counts per label as grouped bars, in one engineering unit."""
+    scale, unit = engineering(max([v for pair in pairs for v in pair if v] or [1.0]))
+    ax.set_title(title)
+    _grouped_bars(ax, labels, [(name, [pair[i] / scale if pair[i] else None for pair in pairs], color)
+                               for i, (name, color) in enumerate(names_colors)])
+    ax.set_ylabel(f"FLOPs {unit}".strip())
+    ax.legend(loc="upper left", ncol=2)
+
+
 @_styled
 def flops(stages: Sequence[str], inference: Sequence[tuple[float | None, float | None]],
           training: Sequence[tuple[float | None, float | None]], path: Path, *, title: str = "FLOPs per stage") -> Path:
     """Left: inference FLOPs per image, dense vs sparse (of the weights each stage ended with).
     Right: training FLOPs, paper-compatible vs corrected count; a last bar sums the stages."""
     fig, (left, right) = _figure(10.0, 4.0, ncols=2)
-    peak = max([v for pair in inference for v in pair if v] or [1.0])
-    scale, unit = engineering(peak)
-    left.set_title("inference (per image)")
-    _grouped_bars(left, stages, [("dense", [v / scale if v else None for v, _ in inference], COLORS["val_sa"]),
-                                 ("sparse", [v / scale if v else None for _, v in inference], COLORS["a"])])
-    left.set_ylabel(f"FLOPs {unit}".strip())
-    left.legend(loc="upper left", ncol=2)
+    _flops_panel(left, "inference (per image)", stages, inference,
+                 (("dense", COLORS["val_sa"]), ("sparse", COLORS["a"])))
     labels = list(stages)
     rows = list(training)
     if len([r for r in rows if r[0] is not None]) > 1:
         labels.append("all stages")
         rows.append((sum(r[0] or 0 for r in rows), sum(r[1] or 0 for r in rows)))
-    peak = max([v for pair in rows for v in pair if v] or [1.0])
-    scale, unit = engineering(peak)
-    right.set_title("training (whole stage)")
-    _grouped_bars(right, labels, [("paper-compatible", [p / scale if p else None for p, _ in rows], COLORS["test_sa"]),
-                                  ("corrected", [c / scale if c else None for _, c in rows], COLORS["b"])])
-    right.set_ylabel(f"FLOPs {unit}".strip())
-    right.legend(loc="upper left", ncol=2)
+    _flops_panel(right, "training (whole stage)", labels, rows,
+                 (("paper-compatible", COLORS["test_sa"]), ("corrected", COLORS["b"])))
     fig.suptitle(title, fontsize=11)
     return _save(fig, path)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import plots, store
+from .context import selected_history
 from .errors import CheckpointError, PipelineError
 
 HISTORY = "history.jsonl"
@@ -83,10 +84,7 @@ class StageView:
         """Epoch rows of the weights this stage hands on (stage.json `history_select`, e.g. imp's
         selected round), as StageHandle.history reads them; `all_rows` for every row."""
         rows = self.jsonl(HISTORY) if HISTORY in self.files else []
-        select = self.record.get("history_select")
-        if select and not all_rows:
-            rows = [r for r in rows if all(r.get(k) == v for k, v in select.items())]
-        return rows
+        return rows if all_rows else selected_history(rows, self.record)
 
     def tensors(self, name: str) -> dict:
         return store.load_tensors(self.dir / name, self.files.get(name) or self._verified(name))

@@ -14,18 +14,18 @@ import math
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
 
 from . import store
-from .flops import TrainingFlopsMeter, count_macs, inference_flops
+from .flops import FLOPS_CONVENTION, TrainingFlopsMeter, count_macs, inference_flops
 from .attacks import AttackConfig, make_train_attack
 from .errors import ConfigError
 from .data import DataSplits, num_batches, train_batches
-from .evaluation import evaluate, select_best
+from .evaluation import evaluate, select_best, summarize_history
 from .schema import StrictModel
 from .train_step import adversarial_train_step
 
@@ -99,6 +99,11 @@ class TrainingConfig(StrictModel):
     channels_last: bool = False
     compile: bool = Field(default=False, description="torch.compile the model (CUDA)")
 
+    @property
+    def select_key(self) -> str:
+        """The history key the best epoch is chosen on: val RA, or val SA when evaluation measures no RA."""
+        return "val_ra" if self.eval.robust else "val_sa"
+
     @model_validator(mode="after")
     def _attack_follows_mode(self):
         if self.attack.restarts != 1:
@@ -158,13 +163,18 @@ class TrainResult:
     final_state: dict
     stopped_early: bool = False
     steps: int = 0
-    extra: dict = field(default_factory=dict)
+    select_key: str = "val_ra"
+
+    def summary(self) -> dict:
+        """RA/SA best, final and their differences, with best chosen as training chose it (spec §1.1)."""
+        return summarize_history(self.history, self.select_key)
 
     def chosen_state(self, select: str) -> dict:
         return self.best_state if select == "best" and self.best_state is not None else self.final_state
 
 
-def _cpu_state(model: torch.nn.Module) -> dict:
+def cpu_state(model: torch.nn.Module) -> dict:
+    """A detached CPU copy of the model's state (weights and BN statistics)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
@@ -187,7 +197,7 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
     steps_per_epoch = num_batches(len(data.train_y), cfg.batch_size, cfg.drop_last)
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
-    select_key = "val_ra" if cfg.eval.robust else "val_sa"
+    select_key = cfg.select_key
     # best weights go to a new file per epoch; the progress state names the current one (see save_progress)
     best_file: str | None = None
     layer_macs = count_macs(model, (data.in_chans, *data.input_size))
@@ -290,7 +300,7 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
                 value = row.get(select_key)
                 if value is not None and value > best_value:
                     best_value, best_epoch = value, epoch + 1
-                    best_state = _cpu_state(model)
+                    best_state = cpu_state(model)
                     best_file = f"best-e{best_epoch:04d}.safetensors"
                     store.save_tensors(ctx.progress_dir / best_file, best_state)
 
@@ -320,11 +330,10 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
                      "steps": meter.steps, "mode": cfg.mode, "attack_steps": k,
                      "paper_at_final_density": (k + 1) * 3 * meter.images * final["sparse_flops"],
                      "dense_equivalent_paper": (k + 1) * 3 * meter.images * final["dense_flops"]},
-        "convention": "FLOPs = 2 x MACs of conv/linear weights; paper: (attack_steps+1) x 3F per image; "
-                      "corrected: 3F per update + 2F per attack step (see pipeline/flops.py)",
+        "convention": FLOPS_CONVENTION,
     }
     return TrainResult(history=list(ctx.history), best_epoch=best_epoch, best_state=best_state,
-                       final_state=_cpu_state(model), stopped_early=stopped, steps=global_step)
+                       final_state=cpu_state(model), stopped_early=stopped, steps=global_step, select_key=select_key)
 
 
 class _TensorBoard:

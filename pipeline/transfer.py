@@ -13,7 +13,7 @@ further fine-tuning) work on the dataset the model was last trained on, not the 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 from pydantic import Field
@@ -23,9 +23,6 @@ from .errors import CheckpointError, DataError
 from .modelcard import model_card
 from .schema import StrictModel
 from .sparsity import MaskSet
-
-if TYPE_CHECKING:
-    from .context import StageHandle
 
 T = TypeVar("T")
 

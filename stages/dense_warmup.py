@@ -1,7 +1,6 @@
 """dense_warmup: train a dense model from scratch (or from an input stage): clean, fast AT or PGD AT."""
 from __future__ import annotations
 
-from pipeline.evaluation import summarize_history
 from pipeline.stage import Stage, StageConfig
 from pipeline.training import TrainingConfig, save_trained, train
 
@@ -23,5 +22,5 @@ class DenseWarmup(Stage):
         result = train(ctx, cfg, model, data)
 
         save_trained(ctx, model, card, result, cfg.select)
-        ctx.metrics.update(summarize_history(result.history, "val_ra" if cfg.eval.robust else "val_sa"))
+        ctx.metrics.update(result.summary())
         ctx.metrics.update({"selected": cfg.select, "epochs_run": len(result.history), "steps": result.steps})

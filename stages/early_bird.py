@@ -14,8 +14,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pipeline.errors import PipelineError, StageFailed
-from pipeline.evaluation import summarize_history
-from pipeline.flops import count_macs, inference_flops
+from pipeline.flops import inference_record
 from pipeline.schema import Ratio
 from pipeline.sparsity import EarlyBirdDetector, global_magnitude_masks
 from pipeline.sparsity.tickets import (CriterionConfig, Scope, TicketHooks, check_criterion, criterion_batches,
@@ -127,10 +126,9 @@ class EarlyBird(Stage):
         }
         ctx.record["sparsity"] = sparsity
         flops = ctx.record["flops"]  # set by train(): the dense search
-        final = inference_flops(count_macs(model, (data.in_chans, *data.input_size)), masks.layer_densities())
-        flops["inference"] = {"dense_flops": final["dense_flops"], "sparse_flops": final["sparse_flops"],
-                              "ratio": final["ratio"], "per_image": True, "at": "the ticket's masks"}
+        flops["inference"] = inference_record(model, (data.in_chans, *data.input_size), masks.layer_densities(),
+                                              at="the ticket's masks")
         flops["training"]["note"] = "dense early-bird search; the sparse training is counted by the next stage"
-        ctx.metrics.update(summarize_history(result.history, "val_ra" if cfg.eval.robust else "val_sa"))
+        ctx.metrics.update(result.summary())
         ctx.metrics.update({"emerged": emerged, "emergence_epoch": epoch, "epochs_run": epochs_run,
                             "steps": result.steps, "density": sparsity["density"], "sparsity": sparsity["sparsity"]})

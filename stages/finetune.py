@@ -12,7 +12,6 @@ from pydantic import Field
 
 from pipeline.context import derive_seed
 from pipeline.errors import DataError
-from pipeline.evaluation import summarize_history
 from pipeline.stage import Stage, StageConfig
 from pipeline.training import TrainingConfig, TrainingHooks, save_trained, train
 from pipeline.transfer import (
@@ -94,7 +93,7 @@ class Finetune(Stage):
 
         save_trained(ctx, model, card, result, cfg.select, masks=masks)
         # the same key the training loop picked its best epoch by, so the metrics describe the kept weights
-        ctx.metrics.update(summarize_history(result.history, "val_ra" if cfg.eval.robust else "val_sa"))
+        ctx.metrics.update(result.summary())
         ctx.metrics.update({"selected": cfg.select, "epochs_run": len(result.history), "steps": result.steps})
         if masks is not None:
             ctx.metrics["density"] = float(masks.density())

@@ -28,15 +28,14 @@ from pydantic import Field, model_validator
 
 from pipeline import store
 from pipeline.errors import PipelineError
-from pipeline.evaluation import summarize_history
-from pipeline.flops import count_macs, inference_flops
+from pipeline.flops import FLOPS_CONVENTION, inference_record
 from pipeline.schema import Ratio
 from pipeline.sparsity import MaskSet, imp_round_density
-from pipeline.sparsity.tickets import (CriterionConfig, Scope, TicketHooks, check_criterion, cpu_state,
+from pipeline.sparsity.tickets import (CriterionConfig, Scope, TicketHooks, check_criterion,
                                        criterion_batches, rewind_epoch, round_files, round_metadata, sparsity_record,
                                        ticket_masks)
 from pipeline.stage import Stage, StageConfig
-from pipeline.training import OptimizerConfig, ScheduleConfig, TrainingConfig, train
+from pipeline.training import OptimizerConfig, ScheduleConfig, TrainingConfig, cpu_state, train
 
 _RANDOM_MASK_STREAM = 0x52414E44  # generator key of the random-pruning baseline
 _IMP_ONLY = ("rounds", "prune_fraction", "prune_before_training")
@@ -149,9 +148,8 @@ class Imp(Stage):
                 state = {**state, "rewind_file": name, "rewind_fixed": True,
                          "rewind_sha": store.save_tensors(ctx.progress_dir / name, rewind)}
             trained = result.chosen_state(cfg.select)
-            select_key = "val_ra" if cfg.eval.robust else "val_sa"
             record = {"round": k, "epochs_run": len(result.history), "steps": result.steps,
-                      "metrics": summarize_history(result.history, select_key),
+                      "metrics": result.summary(),
                       "flops": rctx.record["flops"]["training"], "files": None}
             if mask is not None:
                 record.update(_ticket_numbers(cfg, mask, k))
@@ -205,15 +203,13 @@ class Imp(Stage):
         ctx.save_model(model, card, masks=masks)
 
         sparsity = sparsity_record(masks)
-        final = inference_flops(count_macs(model, (data.in_chans, *data.input_size)), masks.layer_densities())
         ctx.record["flops"] = {
-            "inference": {"dense_flops": final["dense_flops"], "sparse_flops": final["sparse_flops"],
-                          "ratio": final["ratio"], "per_image": True, "at": f"round {chosen}'s masks"},
+            "inference": inference_record(model, (data.in_chans, *data.input_size), masks.layer_densities(),
+                                          at=f"round {chosen}'s masks"),
             "training": {key: sum(r["flops"][key] for r in rounds) for key in ("paper", "corrected", "images", "steps")}
             | {"mode": cfg.mode, "attack_steps": rounds[0]["flops"]["attack_steps"], "rounds_trained": len(rounds),
                "note": "sum over every training run of the stage (each round, and round 0 when dense)"},
-            "convention": "FLOPs = 2 x MACs of conv/linear weights; paper: (attack_steps+1) x 3F per image; "
-                          "corrected: 3F per update + 2F per attack step (see pipeline/flops.py)",
+            "convention": FLOPS_CONVENTION,
         }
         ctx.record["imp"] = {
             "method": cfg.method, "prune_fraction": cfg.prune_fraction if cfg.method == "imp" else None,

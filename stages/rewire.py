@@ -37,7 +37,6 @@ from pydantic import Field, field_validator, model_validator
 
 from pipeline.data import num_batches
 from pipeline.errors import ConfigError
-from pipeline.evaluation import summarize_history
 from pipeline.flops import count_macs, inference_flops
 from pipeline.schema import Ratio
 from pipeline.sparsity.dst import (METHODS, DSTState, RewireHooks, Schedule, SparsityConfig, build_method,
@@ -96,8 +95,7 @@ class Rewire(Stage):
         except ValueError as exc:  # e.g. dense first/last layers alone exceed the density
             raise ConfigError(f"stages.{ctx.name}.density / sparsity: {exc}") from None
         state = DSTState.start(masks)
-        select_key = "val_ra" if cfg.eval.robust else "val_sa"
-        hooks = RewireHooks(method, state, select_key=select_key)
+        hooks = RewireHooks(method, state, select_key=cfg.select_key)
         ctx.log(f"[{ctx.name}] {cfg.method}: initial density {masks.density():.4f} ({cfg.sparsity.init}), "
                 f"{len(schedule.update_steps())} scheduled updates over {schedule.total_steps} steps")
 
@@ -121,7 +119,7 @@ class Rewire(Stage):
         }
         if best:
             ctx.record["sparsity"]["final_layers"] = state.layer_densities()
-        ctx.metrics.update(summarize_history(result.history, select_key))
+        ctx.metrics.update(result.summary())
         ctx.metrics.update({"selected": cfg.select, "epochs_run": len(result.history), "steps": result.steps,
                             "density": chosen.density(), "ever_active": state.ever_active_fraction(),
                             "sparsity_events": state.events})

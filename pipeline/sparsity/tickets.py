@@ -25,7 +25,7 @@ from torch import nn
 
 from pipeline.errors import CheckpointError, ConfigError
 from pipeline.schema import StrictModel
-from pipeline.training import TrainingHooks
+from pipeline.training import TrainingHooks, cpu_state
 
 from .magnitude import global_magnitude_masks
 from .masks import MaskSet, prunable_params
@@ -204,10 +204,6 @@ def rewind_epoch(value: str | None) -> int | None:
     if match is None:
         raise ValueError(f"rewind point must be 'init', 'pretrained' or 'epoch_N' (N >= 1), got {value!r}")
     return int(match.group(2)) if match.group(2) else 0
-
-
-def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 class TicketHooks(TrainingHooks):

@@ -21,10 +21,10 @@ import time
 
 import torch
 
-from pipeline.attacks import AttackConfig, make_train_attack
+from pipeline.metrics.attacks import AttackConfig, make_train_attack
 from pipeline.models import create_model
 from pipeline.sparsity.dst import DSTState, RewireHooks, Schedule, build_method, resolve_sparsity
-from pipeline.train_step import adversarial_train_step
+from pipeline.train.step import adversarial_train_step
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.attacks import AttackConfig, make_train_attack
-from pipeline.compat import import_advertorch
+from pipeline.metrics.attacks import AttackConfig, make_train_attack
+from pipeline.metrics.advertorch_compat import import_advertorch
 from pipeline.models import create_model
-from pipeline.train_step import adversarial_train_step
+from pipeline.train.step import adversarial_train_step
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 EPS, STEP, STEPS = 8 / 255, 2 / 255, 10

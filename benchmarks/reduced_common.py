@@ -2,7 +2,7 @@
 
 Each script compares models trained with equal epochs on the same data and seed. Every model is its
 own run of the real engine (`python -m pipeline run CFG --run-dir OUT/<key> -q`): its training stages,
-then one `evaluate` stage. `pipeline.compare.compare_runs` reads the runs back (RA best / final / diff,
+then one `evaluate` stage. `pipeline.reporting.compare.compare_runs` reads the runs back (RA best / final / diff,
 SA, training and inference FLOPs, robust gap, corruption mean) and writes OUT/<script>.md (+ .csv,
 .json); this module adds FLOPs saved against the first run (dense), a few stage-specific figures, and
 one verdict line per paper claim computed from those numbers.
@@ -250,7 +250,7 @@ def run_models(args: argparse.Namespace, models: list[Model]) -> list[Path]:
 def stage_extras(run_dir: Path) -> dict[str, Any]:
     """Figures `compare` does not tabulate: the early-bird emergence epoch, the DST final density,
     ever-active fraction and update count, the measured overfitting and the corruption details."""
-    from pipeline.compare import load_run
+    from pipeline.reporting.compare import load_run
 
     run = load_run(run_dir)
     out: dict[str, Any] = {}
@@ -276,7 +276,7 @@ def stage_extras(run_dir: Path) -> dict[str, Any]:
 def summarize(args: argparse.Namespace, models: list[Model], run_dirs: list[Path]) -> tuple[str, list[dict]]:
     """compare_runs over the runs (first = reference) -> (its markdown, one flat row per run), with FLOPs
     relative to the first run and the stage extras. Also writes OUT/<script>.md|csv|json, <script>.summary.json."""
-    from pipeline.compare import compare_runs
+    from pipeline.reporting.compare import compare_runs
 
     text, data = compare_runs(run_dirs, out=table_path(args), labels=[m.label for m in models])
     rows = []
@@ -332,12 +332,12 @@ def drop_empty_columns(md: str, empty: str = "—") -> str:
 class Col:
     key: str
     title: str
-    show: Callable[[Any], str] | None = None  # default: pipeline.report.fmt
+    show: Callable[[Any], str] | None = None  # default: pipeline.reporting.report.fmt
 
 
 def table(rows: list[dict], cols: Iterable[Col]) -> str:
     """Markdown table of `cols` (columns that no row has are left out)."""
-    from pipeline.report import fmt, md_table
+    from pipeline.reporting.report import fmt, md_table
 
     cols = [c for c in cols if c.key == "label" or any(r.get(c.key) is not None for r in rows)]
     body = [[(c.show or fmt)(r.get(c.key)) for c in cols] for r in rows]
@@ -360,7 +360,7 @@ def print_report(args: argparse.Namespace, heading: str, compare_text: str, rows
 
 def headline(rows: list[dict]) -> str:
     """One line with every run's RA best/final, gap, overfitting and FLOPs saved against the first."""
-    from pipeline.report import fmt
+    from pipeline.reporting.report import fmt
 
     def each(key: str) -> str:
         return ", ".join(f"{r['label']} {fmt(r.get(key))}" for r in rows)
@@ -384,7 +384,7 @@ def claim(args: argparse.Namespace, rows: list[dict], key: str, title: str, ques
           show: Callable[[Any], str] | None = None) -> Claim:
     """Does each compared run beat the first row (the reference) on `key`? `better` says which way;
     `tolerance` lets a run fall that far behind and still count (0: strictly better)."""
-    from pipeline.report import fmt, num
+    from pipeline.reporting.report import fmt, num
 
     show = show or fmt
     ref = rows[0]

@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
-from pipeline.errors import PipelineError
+from pipeline.engine.errors import PipelineError
 
 # Short names users type (`--provider cuda`) -> onnxruntime execution provider names.
 PROVIDER_NAMES: dict[str, str] = {

@@ -12,7 +12,7 @@ from PIL import Image, UnidentifiedImageError
 
 from exports.onnx_export import META_CLASS_NAMES, META_INPUT_SHAPE, read_metadata
 from exports.ort_runtime import make_session
-from pipeline.errors import DataError
+from pipeline.engine.errors import DataError
 
 
 def load_image(path: str | Path, input_shape: Sequence[int]) -> np.ndarray:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from exports.ort_runtime import make_session
-from pipeline.errors import StageFailed
+from pipeline.engine.errors import StageFailed
 
 
 class ParityError(StageFailed):

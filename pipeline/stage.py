@@ -1,34 +1,8 @@
-"""The stage contract: a Config (the YAML keys of that stage) and run(ctx)."""
-from __future__ import annotations
+"""The stage contract for plugin authors: `from pipeline.stage import Stage, StageConfig`.
 
-from typing import TYPE_CHECKING, ClassVar
+A stable, documented re-export of `pipeline.engine.stage`, so that third-party stages do not depend on
+where the engine keeps it.
+"""
+from pipeline.engine.stage import Stage, StageConfig
 
-from pydantic import Field
-
-from .schema import StrictModel
-
-if TYPE_CHECKING:
-    from .context import StageContext
-
-
-class StageConfig(StrictModel):
-    """Keys every stage has. Subclasses add their own fields; unknown keys are errors."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="folder name of this stage in the run directory")
-    type: str = Field(description="registered stage type")
-    input: str | None = Field(
-        default=None,
-        description="stage whose outputs this one reads; default: the previous stage (none for stages that start from scratch)",
-    )
-
-
-class Stage:
-    """Subclass, set `Config`, implement `run(ctx)`, and register under `pipeline.stages`."""
-
-    Config: ClassVar[type[StageConfig]] = StageConfig
-    # Whether the stage reads a previous stage. "optional" stages start from scratch unless `input` is set.
-    input_mode: ClassVar[str] = "required"  # "required" | "optional" | "none"
-    summary: ClassVar[str] = ""
-
-    def run(self, ctx: StageContext) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
+__all__ = ["Stage", "StageConfig"]

@@ -1,8 +1,8 @@
 """dense_warmup: train a dense model from scratch (or from an input stage): clean, fast AT or PGD AT."""
 from __future__ import annotations
 
-from pipeline.stage import Stage, StageConfig
-from pipeline.training import TrainingConfig, save_trained, train
+from pipeline.engine.stage import Stage, StageConfig
+from pipeline.train.loop import TrainingConfig, save_trained, train
 
 
 class DenseWarmupConfig(StageConfig, TrainingConfig):

@@ -13,14 +13,15 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.errors import PipelineError, StageFailed
-from pipeline.flops import inference_record
-from pipeline.schema import Ratio
+from pipeline.engine.errors import PipelineError, StageFailed
+from pipeline.engine.seeding import Stream
+from pipeline.metrics.flops import inference_record
+from pipeline.engine.schema import Ratio
 from pipeline.sparsity import EarlyBirdDetector, global_magnitude_masks
 from pipeline.sparsity.tickets import (CriterionConfig, Scope, TicketHooks, check_criterion, criterion_batches,
                                        rewind_epoch, scope_params, sparsity_record, ticket_masks)
-from pipeline.stage import Stage, StageConfig
-from pipeline.training import ScheduleConfig, TrainingConfig, train
+from pipeline.engine.stage import Stage, StageConfig
+from pipeline.train.loop import ScheduleConfig, TrainingConfig, train
 
 
 class PruneCriterion(CriterionConfig):
@@ -107,7 +108,7 @@ class EarlyBird(Stage):
 
         model.load_state_dict(result.final_state)
         batches = criterion_batches(cfg.criterion, data, batch_size=cfg.batch_size, seed=ctx.seed, device=ctx.device)
-        masks = ticket_masks(model, cfg.criterion, cfg.density, generator=ctx.generator(0x5EED, device="cpu"),
+        masks = ticket_masks(model, cfg.criterion, cfg.density, generator=ctx.generator(Stream.EARLY_BIRD_RANDOM, device="cpu"),
                              batches=batches, where=f"stages.{ctx.name}.criterion")
         if hooks.snapshot_epoch is not None:
             if hooks.snapshot is None:

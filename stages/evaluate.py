@@ -20,13 +20,13 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.attacks import AttackConfig
-from pipeline.autoattack_eval import INSTALL_HINT, AutoAttackConfig, find_autoattack, missing_message, run_autoattack
+from pipeline.metrics.attacks import AttackConfig
+from pipeline.metrics.autoattack import INSTALL_HINT, AutoAttackConfig, find_autoattack, missing_message, run_autoattack
 from pipeline.corruptions.benchmark import CorruptionConfig, evaluate_corruptions, generation_parameters
 from pipeline.corruptions.published import load_published
-from pipeline.errors import PipelineError
-from pipeline.evaluation import evaluate, robust_gap, summarize_history
-from pipeline.stage import Stage, StageConfig
+from pipeline.engine.errors import PipelineError
+from pipeline.metrics.evaluation import evaluate, robust_gap, summarize_history
+from pipeline.engine.stage import Stage, StageConfig
 
 SPLITS = ("train", "val", "test")
 

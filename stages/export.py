@@ -8,8 +8,8 @@ from typing import Literal
 
 from exports.onnx_export import export_onnx, to_sparse_initializers
 from exports.verify import check_parity
-from pipeline.errors import StageFailed
-from pipeline.stage import Stage, StageConfig
+from pipeline.engine.errors import StageFailed
+from pipeline.engine.stage import Stage, StageConfig
 
 
 class ExportConfig(StageConfig):

@@ -10,11 +10,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.context import derive_seed
-from pipeline.errors import DataError
-from pipeline.stage import Stage, StageConfig
-from pipeline.training import TrainingConfig, TrainingHooks, save_trained, train
-from pipeline.transfer import (
+from pipeline.engine.seeding import Stream, derive_seed
+from pipeline.engine.errors import DataError
+from pipeline.engine.stage import Stage, StageConfig
+from pipeline.train.loop import TrainingConfig, TrainingHooks, save_trained, train
+from pipeline.models.transfer import (
     MODEL_DATA_KEY,
     TransferConfig,
     check_compatible,
@@ -24,7 +24,6 @@ from pipeline.transfer import (
     transfer_record,
 )
 
-_HEAD_SEED_TAG = 0x4EAD  # separates the new head's initialisation from every other use of the run seed
 
 
 class FinetuneConfig(StageConfig, TrainingConfig):
@@ -72,7 +71,7 @@ class Finetune(Stage):
             data = ctx.data(tcfg.data)
             check_compatible(card, data, source)
             source_card, source_masks = card, masks
-            card = retarget_model(model, card, data, head=tcfg.head, seed=derive_seed(ctx.seed, _HEAD_SEED_TAG))
+            card = retarget_model(model, card, data, head=tcfg.head, seed=derive_seed(ctx.seed, Stream.TRANSFER_HEAD))
             masks, dropped = transfer_masks(masks, model, keep=tcfg.keep_mask, new_head=tcfg.head == "new")
             ctx.record["transfer"] = transfer_record(
                 source_card=source_card, source_stage=holder, source_round=cfg.ticket_round, card=card, data=data,

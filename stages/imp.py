@@ -26,18 +26,18 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipeline import store
-from pipeline.errors import PipelineError
-from pipeline.flops import FLOPS_CONVENTION, inference_record
-from pipeline.schema import Ratio
+from pipeline.engine import store
+from pipeline.engine.errors import PipelineError
+from pipeline.engine.seeding import Stream
+from pipeline.metrics.flops import FLOPS_CONVENTION, inference_record
+from pipeline.engine.schema import Ratio
 from pipeline.sparsity import MaskSet, imp_round_density
 from pipeline.sparsity.tickets import (CriterionConfig, Scope, TicketHooks, check_criterion,
                                        criterion_batches, rewind_epoch, round_files, round_metadata, sparsity_record,
                                        ticket_masks)
-from pipeline.stage import Stage, StageConfig
-from pipeline.training import OptimizerConfig, ScheduleConfig, TrainingConfig, cpu_state, train
+from pipeline.engine.stage import Stage, StageConfig
+from pipeline.train.loop import OptimizerConfig, ScheduleConfig, TrainingConfig, cpu_state, train
 
-_RANDOM_MASK_STREAM = 0x52414E44  # generator key of the random-pruning baseline
 _IMP_ONLY = ("rounds", "prune_fraction", "prune_before_training")
 
 
@@ -180,7 +180,7 @@ class Imp(Stage):
         if cfg.method == "random":
             random = cfg.criterion.model_copy(update={"pruner": "random", "config_list": None})
             return ticket_masks(model, random, 1 - cfg.target_sparsity, where=where,
-                                generator=ctx.generator(_RANDOM_MASK_STREAM, device="cpu"))
+                                generator=ctx.generator(Stream.IMP_RANDOM_MASK, device="cpu"))
         if cfg.method == "omp":
             return ticket_masks(model, cfg.criterion, 1 - cfg.target_sparsity, where=where,
                                 batches=_batches(ctx, cfg, data))

@@ -9,7 +9,7 @@ A run killed mid-stage resumes bit-identically on CPU (the whole sparsity state 
 Files written besides model.safetensors / masks.safetensors (the selected epoch's weights and masks)
 and model_final.safetensors or model_best.safetensors with its own .masks.safetensors (the other of
 the two, zero outside its own epoch's masks; stage.json "checkpoints" says which is which, as for the
-other training stages; see pipeline.training.save_trained):
+other training stages; see pipeline.train.loop.save_trained):
 
 - `updates.jsonl`: one JSON object per topology event, in order:
     event_index (1-based), event ("prune_grow" | "grow" | "prune_back" (MEST) | "gradual_prune" (GraNet)),
@@ -36,13 +36,13 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from pipeline.data import num_batches
-from pipeline.errors import ConfigError
-from pipeline.flops import count_macs, inference_flops
-from pipeline.schema import Ratio
+from pipeline.engine.errors import ConfigError
+from pipeline.metrics.flops import count_macs, inference_flops
+from pipeline.engine.schema import Ratio
 from pipeline.sparsity.dst import (METHODS, DSTState, RewireHooks, Schedule, SparsityConfig, build_method,
                                    fill_from_preset)
-from pipeline.stage import Stage, StageConfig
-from pipeline.training import TrainingConfig, save_trained, train
+from pipeline.engine.stage import Stage, StageConfig
+from pipeline.train.loop import TrainingConfig, save_trained, train
 
 
 class RewireConfig(StageConfig, TrainingConfig):

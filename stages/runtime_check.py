@@ -9,8 +9,8 @@ from pydantic import Field
 from pydantic import PositiveInt
 
 from exports.ort_runtime import ProviderMissing, available_providers, benchmark
-from pipeline.errors import PipelineError
-from pipeline.stage import Stage, StageConfig
+from pipeline.engine.errors import PipelineError
+from pipeline.engine.stage import Stage, StageConfig
 
 
 class RuntimeCheckConfig(StageConfig):

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
-from pipeline.attacks import AttackConfig, advertorch_pgd, fgsm_rs, make_train_attack, pgd_linf
-from pipeline.compat import import_advertorch
-from pipeline.errors import ConfigError
-from pipeline.train_step import StepOutput, adversarial_train_step
+from pipeline.metrics.attacks import AttackConfig, advertorch_pgd, fgsm_rs, make_train_attack, pgd_linf
+from pipeline.metrics.advertorch_compat import import_advertorch
+from pipeline.engine.errors import ConfigError
+from pipeline.train.step import StepOutput, adversarial_train_step
 
 EPS, STEP = 8 / 255, 2 / 255
 

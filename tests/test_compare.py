@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import store
-from pipeline.compare import compare_runs
-from pipeline.errors import PipelineError
-from pipeline.flops import count_macs
-from pipeline.modelcard import build_model
+from pipeline.engine import store
+from pipeline.reporting.compare import compare_runs
+from pipeline.engine.errors import PipelineError
+from pipeline.metrics.flops import count_macs
+from pipeline.models.card import build_model
 
 from .conftest import run_cli, tiny_config
 from .test_report import CARD, build_sparse_run

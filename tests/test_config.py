@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import load_config, parse_override
-from pipeline.errors import ConfigError
+from pipeline.engine.config import load_config, parse_override
+from pipeline.engine.errors import ConfigError
 
 from .conftest import REPO, SHARED_DATA, run_cli, tiny_config
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from pipeline.corruptions import ALL, EXTRA, STANDARD, corrupt, corrupt_images, get, image_rng, load_published
 from pipeline.corruptions.benchmark import CorruptionConfig, evaluate_corruptions
-from pipeline.errors import DataError, PipelineError
+from pipeline.engine.errors import DataError, PipelineError
 
 
 def scene(h: int, w: int, c: int, seed: int) -> np.ndarray:

@@ -23,7 +23,7 @@ from pipeline.data import (
     train_batches,
 )
 from pipeline.data import sources
-from pipeline.errors import DataError
+from pipeline.engine.errors import DataError
 
 CIFAR10_NPZ = Path("/work/shared/data/cifar10-subset.npz")
 

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from pipeline import store
-from pipeline.double_win import double_win_from_rows, double_win_table, format_double_win
-from pipeline.errors import PipelineError
+from pipeline.engine import store
+from pipeline.reporting.double_win import double_win_from_rows, double_win_table, format_double_win
+from pipeline.engine.errors import PipelineError
 
 DENSE = (90.0, 80.0, 45.0)  # standard SA, adversarial SA, adversarial RA
 ROWS = [

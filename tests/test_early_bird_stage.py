@@ -8,10 +8,10 @@ import signal
 import torch
 from safetensors.torch import load_file
 
-from pipeline.config import validate_tree
-from pipeline.errors import ConfigError
-from pipeline.flops import count_macs, inference_flops
-from pipeline.modelcard import build_model
+from pipeline.engine.config import validate_tree
+from pipeline.engine.errors import ConfigError
+from pipeline.metrics.flops import count_macs, inference_flops
+from pipeline.models.card import build_model
 from pipeline.sparsity import global_magnitude_masks
 
 from .conftest import run_cli, tiny_config

@@ -14,8 +14,8 @@ import torch
 import yaml
 from torch import nn
 
-from pipeline.autoattack_eval import AutoAttackConfig, find_autoattack, run_autoattack
-from pipeline.errors import PipelineError, StageFailed
+from pipeline.metrics.autoattack import AutoAttackConfig, find_autoattack, run_autoattack
+from pipeline.engine.errors import PipelineError, StageFailed
 from stages.evaluate import EvaluateConfig, _flat_metrics, _gaps, _same_weights, history_summary, kept_checkpoints
 
 from .conftest import run_cli, tiny_config

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.attacks import AttackConfig
-from pipeline.errors import DataError, PipelineError
-from pipeline.evaluation import robust_gap, robust_overfitting, select_best, summarize_history, evaluate
+from pipeline.metrics.attacks import AttackConfig
+from pipeline.engine.errors import DataError, PipelineError
+from pipeline.metrics.evaluation import robust_gap, robust_overfitting, select_best, summarize_history, evaluate
 
 K = 4.0  # logit scale of the brightness classifier (small, so the CE is far from fp32 round-off)
 

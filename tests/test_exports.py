@@ -21,7 +21,7 @@ from exports.onnx_export import export_onnx, read_metadata, to_sparse_initialize
 from exports.ort_runtime import ProviderMissing, available_providers, benchmark, make_session
 from exports.predict import Predictor, load_image
 from exports.verify import ParityError, assert_parity, check_parity
-from pipeline.errors import DataError, StageFailed
+from pipeline.engine.errors import DataError, StageFailed
 
 SHAPE = (3, 8, 8)
 CLASSES = ["cat", "dog", "ship", "frog"]

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.flops import TrainingFlopsMeter, count_macs, inference_flops, training_flops
+from pipeline.metrics.flops import TrainingFlopsMeter, count_macs, inference_flops, training_flops
 from pipeline.sparsity import MaskSet, prunable_params
 
 torch.set_num_threads(1)

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from pipeline.config import validate_tree
-from pipeline.errors import ConfigError
+from pipeline.engine.config import validate_tree
+from pipeline.engine.errors import ConfigError
 from pipeline.sparsity import MaskSet, global_magnitude_masks, layerwise_magnitude_masks
 from pipeline.sparsity.tickets import CriterionConfig, ticket_masks
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
-from pipeline import store
-from pipeline.report import early_bird_series, mask_densities, update_series, write_report
+from pipeline.engine import store
+from pipeline.reporting.report import early_bird_series, mask_densities, update_series, write_report
 
 from .conftest import run_cli, tiny_config
 
@@ -158,7 +158,7 @@ CARD = {"arch": "small_cnn", "num_classes": 10, "in_chans": 1, "input_size": [8,
 def build_sparse_run(run: Path) -> Path:
     """Hand-built: early_bird -> rewire (Flying Bird+ update log) -> evaluate (best and final checkpoints, two
     attacks, corruptions) -> runtime_check (CPU ok, CUDA skipped). Masks fit the real small_cnn."""
-    from pipeline.modelcard import build_model
+    from pipeline.models.card import build_model
     from pipeline.sparsity.masks import prunable_params
 
     g = torch.Generator().manual_seed(0)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import store
-from pipeline.config import load_config
-from pipeline.errors import ConfigError
+from pipeline.engine import store
+from pipeline.engine.config import load_config
+from pipeline.engine.errors import ConfigError
 from pipeline.sparsity.dst import METHODS
 
 from .conftest import REPO, run_cli

@@ -12,12 +12,12 @@ import pytest
 import torch
 import yaml
 
-from pipeline import store
-from pipeline.config import load_config
-from pipeline.errors import LockError
-from pipeline.lock import RunLock, lock_state
-from pipeline.registry import STAGES
-from pipeline.runner import Runner
+from pipeline.engine import store
+from pipeline.engine.config import load_config
+from pipeline.engine.errors import LockError
+from pipeline.engine.lock import RunLock, lock_state
+from pipeline.engine.registry import STAGES
+from pipeline.engine.runner import Runner
 
 from .conftest import run_cli, tiny_config
 
@@ -126,7 +126,7 @@ def test_lock_blocks_a_second_writer(tmp_path):
 
 def test_stale_lock_is_detected_and_reported(tmp_path):
     # a process that takes the lock and is SIGKILLed while holding it
-    code = ("import os, signal, sys; from pipeline.lock import RunLock, lock_state; "
+    code = ("import os, signal, sys; from pipeline.engine.lock import RunLock, lock_state; "
             "RunLock(sys.argv[1]).__enter__(); os.kill(os.getpid(), signal.SIGKILL)")
     dead = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)])
     dead.wait()
@@ -154,7 +154,7 @@ def test_stage_plugin_from_outside_the_core(tmp_path, write_config, monkeypatch)
     pkg = tmp_path / "site"
     (pkg / "shout_stage").mkdir(parents=True)
     (pkg / "shout_stage" / "__init__.py").write_text(textwrap.dedent('''
-        from pipeline.stage import Stage, StageConfig
+        from pipeline.engine.stage import Stage, StageConfig
 
         class ShoutConfig(StageConfig):
             word: str = "hello"
@@ -198,7 +198,7 @@ def test_status_applies_the_runs_set_overrides(write_config, tmp_path):
 
 
 def test_progress_survives_a_kill_between_its_writes(write_config, tmp_path):
-    from pipeline.context import StageContext
+    from pipeline.engine.context import StageContext
 
     cfg = load_config(write_config(train_only()))
     run_dir = tmp_path / "run"

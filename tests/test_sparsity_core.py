@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.errors import ConfigError
+from pipeline.engine.errors import ConfigError
 from pipeline.sparsity import (
     ALLOCATORS, EarlyBirdDetector, MaskSet, attach_mask_hooks, derived_generator, early_bird_distance, erk,
     get_allocator, global_magnitude_masks, igq, imp_round_density, layerwise_magnitude_masks, prunable_params,

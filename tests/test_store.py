@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-from pipeline import store
-from pipeline.errors import CheckpointError
+from pipeline.engine import store
+from pipeline.engine.errors import CheckpointError
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from pipeline.training import ScheduleConfig, TrainingConfig, lr_at
+from pipeline.train.loop import ScheduleConfig, TrainingConfig, lr_at
 
 from .conftest import run_cli, tiny_config
 

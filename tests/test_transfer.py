@@ -11,18 +11,18 @@ import onnxruntime as ort
 import pytest
 import yaml
 
-from pipeline import store
-from pipeline.config import load_config
-from pipeline.double_win import double_win_table
-from pipeline.errors import CheckpointError, ConfigError
-from pipeline.transfer import map_state_keys, split_pruning_reparam
+from pipeline.engine import store
+from pipeline.engine.config import load_config
+from pipeline.reporting.double_win import double_win_table
+from pipeline.engine.errors import CheckpointError, ConfigError
+from pipeline.models.transfer import map_state_keys, split_pruning_reparam
 
 from .conftest import run_cli
 
 B_NAMES = ["alpha", "beta", "gamma", "delta", "epsilon"]
 PLUGIN = '''
 from pydantic import Field
-from pipeline.stage import Stage, StageConfig
+from pipeline.engine.stage import Stage, StageConfig
 from pipeline.sparsity import global_magnitude_masks, prunable_params
 
 class MagPruneConfig(StageConfig):

@@ -9,9 +9,9 @@ from the published recipe. Published sets are read from their `.npy` layout by `
 """
 from __future__ import annotations
 
-from .catalog import ALL, EXTRA, SEVERITIES, STANDARD, Corruption, get
-from .generate import corrupt, corrupt_images, image_rng
-from .published import PublishedCorruptions, load_published
+from pipeline.corruptions.catalog import ALL, EXTRA, SEVERITIES, STANDARD, Corruption, get
+from pipeline.corruptions.generate import corrupt, corrupt_images, image_rng
+from pipeline.corruptions.published import PublishedCorruptions, load_published
 
 __all__ = ["ALL", "EXTRA", "SEVERITIES", "STANDARD", "Corruption", "PublishedCorruptions", "corrupt",
            "corrupt_images", "get", "image_rng", "load_published"]

@@ -16,13 +16,13 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from pipeline.errors import DataError
-from pipeline.evaluation import evaluate
-from pipeline.schema import StrictModel
+from pipeline.engine.errors import DataError
+from pipeline.metrics.evaluation import evaluate
+from pipeline.engine.schema import StrictModel
 
-from .catalog import ALL, SEVERITIES, STANDARD, get
-from .generate import corrupt_images
-from .published import load_published
+from pipeline.corruptions.catalog import ALL, SEVERITIES, STANDARD, get
+from pipeline.corruptions.generate import corrupt_images
+from pipeline.corruptions.published import load_published
 
 CorruptionName = Literal[ALL]  # type: ignore[valid-type]
 
@@ -107,7 +107,7 @@ def evaluate_corruptions(model: nn.Module, test_x: torch.Tensor, test_y: torch.T
         clean_hwc = test_x[:n].permute(0, 2, 3, 1).contiguous().numpy()
         labels = test_y[:n]
         if cfg.backend == "imagecorruptions":
-            from .library import LibraryCorruptor, library_version
+            from pipeline.corruptions.library import LibraryCorruptor, library_version
 
             backend = library_version()
         else:

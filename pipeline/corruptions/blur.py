@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._ops import clipped_zoom, correlate_channels, disk_kernel, gaussian, motion_blur as _motion, spatial_scale
-from .catalog import corruption
+from pipeline.corruptions._ops import clipped_zoom, correlate_channels, disk_kernel, gaussian, motion_blur as _motion, spatial_scale
+from pipeline.corruptions.catalog import corruption
 
 
 @corruption("gaussian_blur", "blur", [0.4, 0.6, 0.7, 0.8, 1.0], random=False)

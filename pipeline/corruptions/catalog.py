@@ -59,4 +59,4 @@ def get(name: str) -> Corruption:
 
 def _load() -> None:
     # the group modules register themselves on import
-    from . import blur, digital, noise, weather  # noqa: F401
+    from pipeline.corruptions import blur, digital, noise, weather  # noqa: F401

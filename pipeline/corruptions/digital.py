@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ._ops import box_resize, gaussian, hsv_adjust, jpeg_roundtrip
-from .catalog import corruption
+from pipeline.corruptions._ops import box_resize, gaussian, hsv_adjust, jpeg_roundtrip
+from pipeline.corruptions.catalog import corruption
 
 
 @corruption("contrast", "digital", [0.75, 0.5, 0.4, 0.3, 0.15], random=False)

@@ -5,8 +5,8 @@ import zlib
 
 import numpy as np
 
-from ._ops import truncate_uint8
-from .catalog import SEVERITIES, get
+from pipeline.corruptions._ops import truncate_uint8
+from pipeline.corruptions.catalog import SEVERITIES, get
 
 
 def image_rng(seed: int, name: str, severity: int, index: int) -> np.random.Generator:

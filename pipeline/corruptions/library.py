@@ -14,9 +14,9 @@ from types import ModuleType
 
 import numpy as np
 
-from pipeline.errors import DataError, PipelineError
+from pipeline.engine.errors import DataError, PipelineError
 
-from .generate import image_rng
+from pipeline.corruptions.generate import image_rng
 
 INSTALL_HINT = "pip install imagecorruptions-imaug  (or the unmaintained: pip install imagecorruptions)"
 MIN_SIDE = 32

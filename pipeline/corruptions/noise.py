@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .catalog import corruption
+from pipeline.corruptions.catalog import corruption
 
 
 @corruption("gaussian_noise", "noise", [0.04, 0.06, 0.08, 0.09, 0.10], random=True)

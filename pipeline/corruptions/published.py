@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import DataError
+from pipeline.engine.errors import DataError
 
-from .catalog import ALL, SEVERITIES
+from pipeline.corruptions.catalog import ALL, SEVERITIES
 
 
 @dataclass

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ._ops import (clipped_zoom, equalize_hist, gaussian, hsv_adjust, luminance, motion_blur, next_pow2,
+from pipeline.corruptions._ops import (clipped_zoom, equalize_hist, gaussian, hsv_adjust, luminance, motion_blur, next_pow2,
                    plasma_fractal, spatial_scale, tint)
-from .catalog import corruption
+from pipeline.corruptions.catalog import corruption
 
 WATER = (175 / 255, 238 / 255, 238 / 255)  # pale turquoise
 MUD = (63 / 255, 42 / 255, 20 / 255)

@@ -8,7 +8,8 @@
 from __future__ import annotations
 
 from pipeline.data.augment import AUGMENTATIONS, augment_batch
-from pipeline.data.batches import derive_seed, epoch_order, eval_batches, num_batches, train_batches
+from pipeline.engine.seeding import derive_seed
+from pipeline.data.batches import epoch_order, eval_batches, num_batches, train_batches
 from pipeline.data.config import DataConfig
 from pipeline.data.loading import AUTO_AUGMENT, load_dataset
 from pipeline.data.splits import KNOWN_STATS, DataSplits, channel_stats, split_val, subset_indices

@@ -5,19 +5,13 @@ only, so a run resumed at batch k of an epoch sees exactly the batches the unint
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
 from pipeline.data.augment import augment_batch
-
-
-def derive_seed(*parts: int | str) -> int:
-    """A 63-bit seed from a tuple of ints/strings, stable across processes and platforms."""
-    digest = hashlib.blake2b(repr(tuple(parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+from pipeline.engine.seeding import Stream, derive_seed
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
@@ -28,7 +22,7 @@ def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
 
 def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
     """The shuffled index order of one epoch."""
-    gen = torch.Generator().manual_seed(derive_seed("order", seed, epoch))
+    gen = torch.Generator().manual_seed(derive_seed(Stream.DATA_ORDER, seed, epoch))
     return torch.randperm(n, generator=gen)
 
 
@@ -73,7 +67,7 @@ def train_batches(
     order = epoch_order(len(x), seed, epoch)
     for b in range(start_batch, total):
         idx = order[b * batch_size:(b + 1) * batch_size]
-        gen = torch.Generator().manual_seed(derive_seed("augment", seed, epoch, b))
+        gen = torch.Generator().manual_seed(derive_seed(Stream.AUGMENT, seed, epoch, b))
         images = augment_batch(_upload(x, idx, device), augment=augment, crop_padding=crop_padding, gen=gen)
         yield images, _upload(y, idx, device)
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import field_validator, model_validator
 
-from pipeline.schema import StrictModel
+from pipeline.engine.schema import StrictModel
 
 TORCHVISION_DATASETS = ("cifar10", "cifar100", "svhn")
 

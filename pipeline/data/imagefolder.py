@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from pipeline.data.sources import RawData
-from pipeline.errors import DataError
+from pipeline.engine.errors import DataError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"}
 

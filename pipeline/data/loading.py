@@ -24,7 +24,7 @@ from pipeline.data.splits import (
     subset_indices,
 )
 from pipeline.data.sources import RawData, read_digits, read_npz, read_torchvision
-from pipeline.errors import DataError
+from pipeline.engine.errors import DataError
 
 # augment: auto. npz and imagefolder data recognised as CIFAR-10/100 or Tiny-ImageNet (by class
 # names and image size, see splits.recognise) get that dataset's augmentation.

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pipeline.errors import DataError
+from pipeline.engine.errors import DataError
 
 DIGITS_TEST = 360  # the last 360 of sklearn's 1797 digits are the fixed test set (~20%)
 DIGITS_VAL = 180  # the last 180 of the remaining 1437 are the default validation set (~10%)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pipeline.errors import DataError
+from pipeline.engine.errors import DataError
 
 # Published per-channel constants (spec §1.1); the models hold them in their normalisation layer.
 KNOWN_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {

@@ -6,11 +6,11 @@ early-bird detection in `early_bird`, nni criteria in `nni_criteria` (imported o
 """
 from __future__ import annotations
 
-from .allocation import ALLOCATORS, erk, get_allocator, igq, uniform
-from .early_bird import EarlyBirdDetector, early_bird_distance
-from .magnitude import global_magnitude_masks, imp_round_density, layerwise_magnitude_masks, random_masks
-from .masks import MaskEnforcer, MaskSet, attach_mask_hooks, prunable_params
-from .select import derived_generator, random_mask, topk_mask
+from pipeline.sparsity.allocation import ALLOCATORS, erk, get_allocator, igq, uniform
+from pipeline.sparsity.early_bird import EarlyBirdDetector, early_bird_distance
+from pipeline.sparsity.magnitude import global_magnitude_masks, imp_round_density, layerwise_magnitude_masks, random_masks
+from pipeline.sparsity.masks import MaskEnforcer, MaskSet, attach_mask_hooks, prunable_params
+from pipeline.sparsity.select import derived_generator, random_mask, topk_mask
 
 __all__ = [
     "ALLOCATORS", "EarlyBirdDetector", "MaskEnforcer", "MaskSet", "attach_mask_hooks", "derived_generator", "early_bird_distance",

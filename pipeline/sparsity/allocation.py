@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Set
 
-from pipeline.errors import ConfigError
+from pipeline.engine.errors import ConfigError
 
 Shapes = Mapping[str, tuple[int, ...]]
 Allocator = Callable[..., dict[str, int]]

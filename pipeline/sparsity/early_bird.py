@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .masks import MaskSet
+from pipeline.sparsity.masks import MaskSet
 
 
 def early_bird_distance(masks_new: MaskSet, masks_old: Mapping[str, Tensor]) -> float:

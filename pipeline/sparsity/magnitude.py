@@ -6,9 +6,9 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from .allocation import uniform
-from .masks import MaskSet
-from .select import random_mask, topk_mask
+from pipeline.sparsity.allocation import uniform
+from pipeline.sparsity.masks import MaskSet
+from pipeline.sparsity.select import random_mask, topk_mask
 
 
 def _total(params: Mapping[str, Tensor]) -> int:

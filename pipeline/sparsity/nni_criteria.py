@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.errors import ConfigError
+from pipeline.engine.errors import ConfigError
 
-from .masks import MaskSet
+from pipeline.sparsity.masks import MaskSet
 
 # name -> nni pruner class that computes masks from the weights alone
 PRUNERS = {"level": "LevelPruner", "l1": "L1NormPruner", "l2": "L2NormPruner", "fpgm": "FPGMPruner"}

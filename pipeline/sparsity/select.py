@@ -7,6 +7,8 @@ from __future__ import annotations
 
 
 import torch
+
+from pipeline.engine.seeding import derived_generator  # noqa: F401  (re-exported)
 from torch import Tensor
 
 
@@ -53,12 +55,3 @@ def random_mask(shape: tuple[int, ...] | torch.Size, k: int, generator: torch.Ge
     return keep.view(shape).to(device) if device is not None else keep.view(shape)
 
 
-def derived_generator(seed: int, *keys: int | str, device: torch.device | str = "cpu") -> torch.Generator:
-    """A generator seeded from (seed, *keys), e.g. (seed, step, layer_index).
-
-    A resumed run that rebuilds the generator from the same keys draws the same numbers, so nothing
-    about the generator needs saving. The hash keeps distinct key tuples from colliding in practice.
-    """
-    from pipeline.data.batches import derive_seed  # the project's one seed derivation
-
-    return torch.Generator(device=device).manual_seed(derive_seed(seed, *keys))

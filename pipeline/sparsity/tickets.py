@@ -23,15 +23,15 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from pipeline.errors import CheckpointError, ConfigError
-from pipeline.schema import StrictModel
-from pipeline.training import TrainingHooks, cpu_state
+from pipeline.engine.errors import CheckpointError, ConfigError
+from pipeline.engine.schema import StrictModel
+from pipeline.train.loop import TrainingHooks, cpu_state
 
-from .magnitude import global_magnitude_masks
-from .masks import MaskSet, prunable_params
+from pipeline.sparsity.magnitude import global_magnitude_masks
+from pipeline.sparsity.masks import MaskSet, prunable_params
 
 if TYPE_CHECKING:
-    from pipeline.context import StageHandle
+    from pipeline.engine.context import StageHandle
 
 Scope = Literal["conv", "conv_linear"]
 SCOPE_KINDS: dict[str, tuple[str, ...]] = {"conv": ("conv",), "conv_linear": ("conv", "linear")}
@@ -40,7 +40,7 @@ _SCOPE_KEYS = ("scope", "dense_first", "dense_last")
 
 
 def _nni_names() -> tuple[dict, dict]:
-    from .nni_criteria import NEEDS_TRAINING, PRUNERS  # does not import nni itself
+    from pipeline.sparsity.nni_criteria import NEEDS_TRAINING, PRUNERS  # does not import nni itself
 
     return PRUNERS, NEEDS_TRAINING
 
@@ -159,7 +159,7 @@ def check_criterion(model: nn.Module, criterion: CriterionConfig, density: float
 
 def _nni_masks(model: nn.Module, criterion: CriterionConfig, density: float, within: MaskSet | None,
                where: str) -> MaskSet:
-    from .nni_criteria import criterion_masks
+    from pipeline.sparsity.nni_criteria import criterion_masks
 
     sparsity = 1.0 - density
     if criterion.config_list is None:

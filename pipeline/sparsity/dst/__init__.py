@@ -7,13 +7,13 @@ prune-and-grow base: how much per layer and which entries), `methods` (the six r
 """
 from __future__ import annotations
 
-from .config import AdaptiveConfig, GradualConfig, MemoryBoundConfig, SparsityConfig, fill_from_preset, resolve_sparsity
-from .core import METHODS, DynamicSparsity, Layer, register, select_drop_grow
-from ..masks import MaskEnforcer
-from .hooks import RewireHooks
-from .methods import build_method, fbp_signals
-from .schedule import Schedule, cubic_density
-from .state import DSTState
+from pipeline.sparsity.dst.config import AdaptiveConfig, GradualConfig, MemoryBoundConfig, SparsityConfig, fill_from_preset, resolve_sparsity
+from pipeline.sparsity.dst.core import METHODS, DynamicSparsity, Layer, register, select_drop_grow
+from pipeline.sparsity.masks import MaskEnforcer
+from pipeline.sparsity.dst.hooks import RewireHooks
+from pipeline.sparsity.dst.methods import build_method, fbp_signals
+from pipeline.sparsity.dst.schedule import Schedule, cubic_density
+from pipeline.sparsity.dst.state import DSTState
 
 __all__ = [
     "AdaptiveConfig", "DSTState", "DynamicSparsity", "GradualConfig", "Layer", "METHODS", "MaskEnforcer",

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.schema import StrictModel
+from pipeline.engine.schema import StrictModel
 
 Allocation = Literal["uniform", "erk", "er", "igq"]
 EXTENSIONS = ("adaptive", "memory_bound", "gradual")
@@ -102,7 +102,7 @@ def _merge(preset: dict, user: dict) -> dict:
 def fill_from_preset(method: Any, raw_sparsity: Any, *, epochs: Any) -> Any:
     """The user's sparsity block with the method preset underneath. Anything unexpected (unknown method,
     a non-mapping) is returned untouched so the field validators report it with its path."""
-    from .methods import METHODS
+    from pipeline.sparsity.dst.methods import METHODS
 
     cls = METHODS.get(method) if isinstance(method, str) else None
     if cls is None or not (raw_sparsity is None or isinstance(raw_sparsity, dict)):

@@ -21,12 +21,13 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..allocation import get_allocator
-from ..masks import MaskSet, prunable_params
-from ..select import derived_generator, random_mask, topk_mask
-from .config import SparsityConfig
-from .schedule import Schedule
-from .state import DSTState
+from pipeline.sparsity.allocation import get_allocator
+from pipeline.sparsity.masks import MaskSet, prunable_params
+from pipeline.engine.seeding import Stream, derived_generator
+from pipeline.sparsity.select import random_mask, topk_mask
+from pipeline.sparsity.dst.config import SparsityConfig
+from pipeline.sparsity.dst.schedule import Schedule
+from pipeline.sparsity.dst.state import DSTState
 
 METHODS: dict[str, type[DynamicSparsity]] = {}
 
@@ -121,7 +122,7 @@ class DynamicSparsity:
             if self.s.init_positions == "magnitude":
                 masks[name] = topk_mask(p.detach().abs(), counts[name])
             else:
-                masks[name] = random_mask(p.shape, counts[name], derived_generator(self.seed, "dst-init", i)).to(p.device)
+                masks[name] = random_mask(p.shape, counts[name], derived_generator(self.seed, Stream.DST_INIT, i)).to(p.device)
         return MaskSet(masks)
 
     # -- which ------------------------------------------------------------------------------------
@@ -133,7 +134,7 @@ class DynamicSparsity:
             if grad is None:
                 raise RuntimeError(f"gradient growth at step {step} but no gradient was kept for {layer.name}")
             return grad.abs()
-        gen = derived_generator(self.seed, "dst-grow", step, layer.index)
+        gen = derived_generator(self.seed, Stream.DST_GROW, step, layer.index)
         return torch.rand(layer.mask.shape, generator=gen).to(layer.mask.device)
 
     # -- when -------------------------------------------------------------------------------------

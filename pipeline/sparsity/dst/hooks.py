@@ -1,4 +1,4 @@
-"""`RewireHooks`: plugs a dynamic sparsity method into `pipeline.training.train`.
+"""`RewireHooks`: plugs a dynamic sparsity method into `pipeline.train.loop.train`.
 
 Per step: after backward, keep the dense gradients when this step's growth reads them; after the
 optimizer step, re-zero masked weights and their momentum, then let the method rewire. Per epoch:
@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
-from pipeline.training import TrainingHooks
+from pipeline.train.loop import TrainingHooks
 
-from ..masks import MaskEnforcer
-from .methods import DynamicSparsity, Layer
-from .state import DSTState
+from pipeline.sparsity.masks import MaskEnforcer
+from pipeline.sparsity.dst.methods import DynamicSparsity, Layer
+from pipeline.sparsity.dst.state import DSTState
 
 
 class RewireHooks(TrainingHooks):

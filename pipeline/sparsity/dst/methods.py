@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from ..select import topk_mask
-from .config import SparsityConfig
-from .core import METHODS, DynamicSparsity, Layer, register, select_drop_grow
-from .schedule import Schedule, cubic_density
+from pipeline.sparsity.select import topk_mask
+from pipeline.sparsity.dst.config import SparsityConfig
+from pipeline.sparsity.dst.core import METHODS, DynamicSparsity, Layer, register, select_drop_grow
+from pipeline.sparsity.dst.schedule import Schedule, cubic_density
 
 __all__ = ["METHODS", "DynamicSparsity", "Layer", "build_method", "fbp_signals", "register", "select_drop_grow"]
 

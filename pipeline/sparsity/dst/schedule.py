@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import SparsityConfig
+from pipeline.sparsity.dst.config import SparsityConfig
 
 
 @dataclass(frozen=True)

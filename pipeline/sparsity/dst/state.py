@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..masks import MaskSet
+from pipeline.sparsity.masks import MaskSet
 
 
 @dataclass

@@ -20,14 +20,15 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from . import store
-from .flops import FLOPS_CONVENTION, TrainingFlopsMeter, count_macs, inference_flops
-from .attacks import AttackConfig, make_train_attack
-from .errors import ConfigError
-from .data import DataSplits, num_batches, train_batches
-from .evaluation import evaluate, select_best, summarize_history
-from .schema import StrictModel
-from .train_step import adversarial_train_step
+from pipeline.engine import store
+from pipeline.metrics.flops import FLOPS_CONVENTION, TrainingFlopsMeter, count_macs, inference_flops
+from pipeline.metrics.attacks import AttackConfig, make_train_attack
+from pipeline.engine.errors import ConfigError
+from pipeline.data import DataSplits, num_batches, train_batches
+from pipeline.metrics.evaluation import evaluate, select_best, summarize_history
+from pipeline.engine.schema import StrictModel
+from pipeline.engine.seeding import eval_attack_seed
+from pipeline.train.step import adversarial_train_step
 
 
 class OptimizerConfig(StrictModel):
@@ -407,7 +408,7 @@ def evaluate_splits(model: torch.nn.Module, data: DataSplits, ecfg: EvalConfig, 
         row[f"{split}_loss"] = clean["loss"]
         if ecfg.robust:
             adv = evaluate(model, x, y, batch_size=ecfg.batch_size, attack=ecfg.attack, device=device,
-                           limit=limit, seed=seed * 1000003 + epoch)
+                           limit=limit, seed=eval_attack_seed(seed, epoch))
             row[f"{split}_ra"] = adv["acc"]
             row[f"{split}_robust_loss"] = adv["loss"]
     return row

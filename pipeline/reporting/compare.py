@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import store
-from .errors import PipelineError
-from .report import MASKS, RunView, StageView, attack_text, fmt, load_run, mask_densities, md_table, num
+from pipeline.engine import store
+from pipeline.engine.errors import PipelineError
+from pipeline.reporting.report import MASKS, RunView, StageView, attack_text, fmt, load_run, mask_densities, md_table, num
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,8 @@ def _inference_flops(final: StageView) -> tuple[float | None, float | None]:
             return num(inf["sparse_flops"]), num(inf.get("dense_flops"))
         if not card:
             return None, None
-    from .flops import count_macs, inference_flops
-    from .modelcard import build_model
+    from pipeline.metrics.flops import count_macs, inference_flops
+    from pipeline.models.card import build_model
 
     densities = mask_densities(final.tensors(MASKS))[0] if MASKS in final.files else None
     layers = count_macs(build_model(card), (card["in_chans"], *card["input_size"]))
@@ -106,7 +106,7 @@ def _inference_flops(final: StageView) -> tuple[float | None, float | None]:
 def summarize_run(run: RunView, label: str | None = None) -> dict[str, Any]:
     """The comparison row of one run (raw numbers, None where the run has no such figure) and where each
     figure came from."""
-    from .evaluation import summarize_history
+    from pipeline.metrics.evaluation import summarize_history
 
     row: dict[str, Any] = {"label": label or run.name, "run_dir": str(run.dir), "run_name": run.name}
     final = run.final_model_stage()
@@ -300,7 +300,7 @@ def _attack_of(rows: list[dict], name: str) -> str:
 
 
 def _unit(rows: list[dict], key: str) -> tuple[float, str]:
-    from .plots import engineering
+    from pipeline.reporting.plots import engineering
 
     values = [abs(r[key]) for r in rows if r.get(key) is not None and math.isfinite(r[key])]
     return engineering(max(values)) if values else (1.0, "")

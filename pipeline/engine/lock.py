@@ -15,7 +15,7 @@ import socket
 import time
 from pathlib import Path
 
-from .errors import LockError
+from pipeline.engine.errors import LockError
 
 LOCK_NAME = ".lock"
 

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from pydantic import Field, TypeAdapter, ValidationError, ValidationInfo, field_validator, model_validator
 from torch import Tensor, nn
 
-from pipeline.compat import import_advertorch
-from pipeline.schema import Ratio, StrictModel
+from pipeline.metrics.advertorch_compat import import_advertorch
+from pipeline.engine.schema import Ratio, StrictModel
 
 TrainAttack = Callable[[nn.Module, Tensor, Tensor, torch.Generator | None], Tensor]
 

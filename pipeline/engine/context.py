@@ -3,23 +3,21 @@ from __future__ import annotations
 
 import copy
 import json
-import random
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
-from . import store
-from .errors import CheckpointError
-from .data.batches import derive_seed  # one derivation for data order and every other stream
-from .modelcard import build_model, model_card
+from pipeline.engine import store
+from pipeline.engine.errors import CheckpointError
+from pipeline.engine.seeding import capture_rng, derive_seed, restore_rng
+from pipeline.models.card import build_model, model_card
 
 if TYPE_CHECKING:
-    from .config import PipelineConfig
-    from .console import Console
-    from .data import DataSplits
+    from pipeline.engine.config import PipelineConfig
+    from pipeline.engine.console import Console
+    from pipeline.data import DataSplits
 
 PROGRESS_DIR = "progress"
 STAGE_JSON = "stage.json"
@@ -96,7 +94,7 @@ class StageHandle:
         masks_file = "masks.safetensors" if weights == "model.safetensors" else \
             weights.removesuffix(".safetensors") + ".masks.safetensors"
         if holder.has_file(masks_file):
-            from .sparsity import MaskSet
+            from pipeline.sparsity import MaskSet
 
             masks = MaskSet(holder.read_tensors(masks_file))
         return model.to(device), (masks.to(device) if masks is not None else None), card
@@ -158,7 +156,7 @@ class StageContext:
     def data(self, data_cfg=None) -> DataSplits:
         """The dataset this stage works on, loaded once per process: `data_cfg` when given, else the
         dataset the input model was last trained on (after a transfer upstream), else the run's."""
-        from .data import load_dataset
+        from pipeline.data import load_dataset
 
         data_cfg = data_cfg or self.model_data_config() or self.cfg.data
         key = data_cfg.model_dump_json()
@@ -169,7 +167,7 @@ class StageContext:
 
     def model_data_config(self):
         """The DataConfig a transfer stage upstream recorded for the input model (None: the run's data)."""
-        from .data import DataConfig
+        from pipeline.data import DataConfig
 
         if self.input is None:
             return None
@@ -323,39 +321,3 @@ class StageContext:
         g.manual_seed(derive_seed(self.seed, *parts))
         return g
 
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def capture_rng() -> dict:
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
-        "python": _python_state_to_plain(random.getstate()),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    random.setstate(_python_state_from_plain(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _python_state_to_plain(st) -> dict:
-    version, internal, gauss = st
-    return {"version": version, "internal": list(internal), "gauss": gauss}
-
-
-def _python_state_from_plain(d: dict):
-    return (d["version"], tuple(d["internal"]), d["gauss"])

@@ -97,7 +97,7 @@ def inference_flops(layer_macs: list[LayerMacs], densities: Mapping[str, float] 
 
 
 FLOPS_CONVENTION = ("FLOPs = 2 x MACs of conv/linear weights; paper: (attack_steps+1) x 3F per image; "
-                    "corrected: 3F per update + 2F per attack step (see pipeline/flops.py)")
+                    "corrected: 3F per update + 2F per attack step (see pipeline/metrics/flops.py)")
 
 
 def inference_record(model: nn.Module, input_shape: tuple[int, ...], densities: Mapping[str, float] | None,

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.attacks import AttackConfig, advertorch_pgd
-from pipeline.errors import DataError, PipelineError
+from pipeline.metrics.attacks import AttackConfig, advertorch_pgd
+from pipeline.engine.errors import DataError, PipelineError
 
 
 def _as_tensor(a: Any, what: str) -> Tensor:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from .data import DataSplits
+    from pipeline.data import DataSplits
 
 
 def model_card(arch: str, data: DataSplits) -> dict:
@@ -23,7 +23,7 @@ def model_card(arch: str, data: DataSplits) -> dict:
 
 
 def build_model(card: dict) -> torch.nn.Module:
-    from .models import create_model
+    from pipeline.models import create_model
 
     return create_model(card["arch"], num_classes=card["num_classes"], in_chans=card["in_chans"],
                         mean=card["mean"], std=card["std"])

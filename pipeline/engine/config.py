@@ -19,9 +19,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from .errors import ConfigError
-from .registry import STAGES
-from .schema import StrictModel
+from pipeline.engine.errors import ConfigError
+from pipeline.engine.registry import STAGES
+from pipeline.engine.schema import StrictModel
 
 
 class RunSection(StrictModel):
@@ -38,7 +38,7 @@ class ModelSection(StrictModel):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, value: str) -> str:
-        from .models import list_models
+        from pipeline.models import list_models
 
         names = list_models()
         if value not in names:
@@ -235,7 +235,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
 
 
 def validate_tree(tree: dict, source: str | None = None) -> PipelineConfig:
-    from .data import DataConfig
+    from pipeline.data import DataConfig
 
     problems: list[str] = []
     unknown = sorted(set(tree) - {"run", "data", "model", "stages"})

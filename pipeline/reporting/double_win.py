@@ -26,10 +26,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from . import store
-from .context import STAGE_JSON, StageHandle
-from .errors import PipelineError
-from .evaluation import select_best
+from pipeline.engine import store
+from pipeline.engine.context import STAGE_JSON, StageHandle
+from pipeline.engine.errors import PipelineError
+from pipeline.metrics.evaluation import select_best
 
 REGIMES = {"clean": "standard", "pgd": "adversarial"}
 METRICS = ("std_sa", "adv_sa", "adv_ra")

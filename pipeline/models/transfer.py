@@ -18,11 +18,11 @@ from typing import Any, Literal, TypeVar
 import torch
 from pydantic import Field
 
-from .data import DataConfig, DataSplits
-from .errors import CheckpointError, DataError
-from .modelcard import model_card
-from .schema import StrictModel
-from .sparsity import MaskSet
+from pipeline.data import DataConfig, DataSplits
+from pipeline.engine.errors import CheckpointError, DataError
+from pipeline.models.card import model_card
+from pipeline.engine.schema import StrictModel
+from pipeline.sparsity import MaskSet
 
 T = TypeVar("T")
 

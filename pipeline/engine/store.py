@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .errors import CheckpointError
+from pipeline.engine.errors import CheckpointError
 
 
 def _current_umask() -> int:

@@ -14,13 +14,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from . import store
-from .config import PipelineConfig
-from .console import Console
-from .context import PROGRESS_DIR, STAGE_JSON, StageContext, seed_everything
-from .errors import ConfigError, PipelineError, StageFailed
-from .lock import RunLock, lock_state
-from .registry import STAGES
+from pipeline.engine import store
+from pipeline.engine.config import PipelineConfig
+from pipeline.engine.console import Console
+from pipeline.engine.context import PROGRESS_DIR, STAGE_JSON, StageContext
+from pipeline.engine.seeding import seed_everything
+from pipeline.engine.errors import ConfigError, PipelineError, StageFailed
+from pipeline.engine.lock import RunLock, lock_state
+from pipeline.engine.registry import STAGES
 
 RUN_JSON = "run.json"
 

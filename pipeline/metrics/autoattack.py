@@ -20,8 +20,8 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from pipeline.errors import PipelineError, StageFailed
-from pipeline.schema import Ratio, StrictModel
+from pipeline.engine.errors import PipelineError, StageFailed
+from pipeline.engine.schema import Ratio, StrictModel
 
 INSTALL_HINT = ("pip install git+https://github.com/fra31/auto-attack  "
                 "(or, from PyPI, the unofficial repackaging: pip install pyautoattack==0.2.0)")

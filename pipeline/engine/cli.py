@@ -8,7 +8,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .errors import ConfigError, PipelineError
+from pipeline.engine.errors import ConfigError, PipelineError
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -92,14 +92,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args) -> int:
-    from .config import load_config
+    from pipeline.engine.config import load_config
 
     if args.command == "validate":
         cfg = load_config(args.config, args.overrides)
         print(f"{args.config}: ok ({len(cfg.stages)} stages: {' -> '.join(s.name for s in cfg.stages)})")
         return 0
     if args.command == "run":
-        from .runner import Runner
+        from pipeline.engine.runner import Runner
 
         cfg = load_config(args.config, args.overrides)
         runner = Runner(cfg, args.run_dir, device=args.device, quiet=args.quiet)
@@ -109,18 +109,18 @@ def _dispatch(args) -> int:
     if args.command == "status":
         return _status(args)
     if args.command == "report":
-        from .report import write_report
+        from pipeline.reporting.report import write_report
 
         print(write_report(args.run_dir, args.out))
         return 0
     if args.command == "compare":
-        from .compare import compare_runs
+        from pipeline.reporting.compare import compare_runs
 
         text, _ = compare_runs(args.run_dirs, args.out, labels=args.labels)
         print(text)
         return 0
     if args.command == "double-win":
-        from .double_win import double_win_table, format_double_win
+        from pipeline.reporting.double_win import double_win_table, format_double_win
 
         print(format_double_win(double_win_table(args.run_dirs, tolerance=args.tolerance)))
         return 0
@@ -132,7 +132,7 @@ def _dispatch(args) -> int:
         _print_stages()
         return 0
     if args.command == "models":
-        from .models import list_models
+        from pipeline.models import list_models
 
         print("\n".join(list_models()))
         return 0
@@ -178,9 +178,9 @@ def _predict(args) -> int:
 
 
 def _status(args) -> int:
-    from . import store
-    from .config import load_config, validate_tree
-    from .runner import RUN_JSON, Runner
+    from pipeline.engine import store
+    from pipeline.engine.config import load_config, validate_tree
+    from pipeline.engine.runner import RUN_JSON, Runner
 
     run_dir: Path = args.run_dir
     if not (run_dir / "config.yaml").exists():
@@ -215,7 +215,7 @@ def _status(args) -> int:
 
 
 def _print_summary(runner, statuses) -> None:
-    from .context import StageHandle
+    from pipeline.engine.context import StageHandle
 
     lines = []
     for s in statuses:
@@ -241,7 +241,7 @@ def _print_summary(runner, statuses) -> None:
 
 
 def _print_stages() -> None:
-    from .registry import STAGES
+    from pipeline.engine.registry import STAGES
 
     for name in STAGES.names():
         cls = STAGES.get(name)

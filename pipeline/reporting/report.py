@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import plots, store
-from .context import selected_history
-from .errors import CheckpointError, PipelineError
+from pipeline.reporting import plots
+from pipeline.engine import store
+from pipeline.engine.context import selected_history
+from pipeline.engine.errors import CheckpointError, PipelineError
 
 HISTORY = "history.jsonl"
 MASKS = "masks.safetensors"
@@ -182,8 +183,8 @@ def _statuses(cfg_path: Path, run_dir: Path) -> dict[str, tuple[str, str]]:
     """done/stale/partial/failed per stage as `pipeline status` sees them; {} when the config no longer
     validates here (e.g. a stage plugin is not installed), and the plain on-disk view is used instead."""
     try:
-        from .config import load_config
-        from .runner import Runner
+        from pipeline.engine.config import load_config
+        from pipeline.engine.runner import Runner
 
         runner = Runner(load_config(cfg_path), run_dir, quiet=True)
         return {s.name: (s.state, s.detail) for s in runner.statuses()}
@@ -366,7 +367,7 @@ def write_report(run_dir: Path | str, out: Path | str | None = None) -> Path:
 
 
 def _summary(rep: _Report) -> None:
-    from .compare import COLUMNS, OPTIONAL_COLUMNS, summarize_run  # compare reads runs through this module
+    from pipeline.reporting.compare import COLUMNS, OPTIONAL_COLUMNS, summarize_run  # compare reads runs through this module
 
     row = summarize_run(rep.run)
     if row.get("final_stage") is None:
@@ -403,7 +404,7 @@ def _stage_table(rep: _Report) -> None:
 
 
 def _training(rep: _Report) -> None:
-    from .evaluation import summarize_history
+    from pipeline.metrics.evaluation import summarize_history
 
     for st in rep.run.finished():
         history = st.history()
@@ -436,7 +437,7 @@ def model_order(names, card: dict | None) -> list[str]:
     order: dict[str, int] = {}
     if card:
         try:
-            from .modelcard import build_model
+            from pipeline.models.card import build_model
 
             order = {n: i for i, (n, _) in enumerate(build_model(card).named_parameters())}
         except Exception:  # an architecture this install lacks: fall back to sorted names

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.errors import ConfigError
+from pipeline.engine.errors import ConfigError
 
 AUTOCAST_DTYPES = (torch.bfloat16,)  # fp16 would need loss scaling, which this step does not do
 

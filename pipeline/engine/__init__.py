@@ -1,0 +1,1 @@
+"""The engine: config, registry, runner, run directory, checkpoints store, locking, CLI. No ML knowledge."""

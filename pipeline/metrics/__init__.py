@@ -1,0 +1,1 @@
+"""What is measured: attacks (training PGD, advertorch evaluation PGD, AutoAttack), SA/RA and gaps, FLOPs."""

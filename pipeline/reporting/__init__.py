@@ -1,0 +1,1 @@
+"""Reading a finished run for people: `pipeline report`, `compare`, `double-win`, plots."""

@@ -1,0 +1,1 @@
+"""The shared training loop every training stage runs: epochs, PGD-AT steps, LR schedules, progress saves."""

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from pipeline.models import create_model
 from pipeline.sparsity import MaskSet, prunable_params
+from pipeline.sparsity.hooks import MaskHooks
 from pipeline.sparsity.dst import (METHODS, DSTState, Layer, MaskEnforcer, RewireHooks, Schedule, build_method,
                                    cubic_density, fbp_signals, resolve_sparsity, select_drop_grow)
 from stages.rewire import RewireConfig
@@ -334,7 +335,7 @@ def test_fbp_respects_density_floor_over_many_updates():
 
 # -- state ------------------------------------------------------------------------------------------------
 
-def test_enforcer_matches_maskset_enforce():
+def test_rewire_and_fixed_mask_hooks_enforce_identically():
     model, opt, hooks = setup("set")
     twin, twin_opt = copy.deepcopy(model), None
     for p in model.parameters():
@@ -344,7 +345,8 @@ def test_enforcer_matches_maskset_enforce():
     twin_opt = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9)
     twin_opt.load_state_dict(opt.state_dict())
     hooks.enforcer()
-    hooks.state.masks.enforce_(twin, twin_opt)
+    twin_hooks = MaskHooks(hooks.state.masks.clone())
+    twin_hooks.on_start(twin, twin_opt)  # a fixed mask's hooks put it in force the same way
     for (n, a), (_, b) in zip(model.named_parameters(), twin.named_parameters()):
         assert torch.equal(a, b), n
         assert torch.equal(opt.state[a]["momentum_buffer"], twin_opt.state[b]["momentum_buffer"]), n

@@ -7,8 +7,9 @@ import math
 
 import pytest
 import torch
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
+from pipeline.engine.schema import StrictModel
 from pipeline.models import create_model
 from pipeline.sparsity import MaskSet, prunable_params
 from pipeline.sparsity.hooks import MaskHooks
@@ -390,3 +391,55 @@ def test_prunable_layers_match_fb_reference_scope():
     model = create_model("preact_resnet18", num_classes=10, in_chans=3, mean=[0.5] * 3, std=[0.25] * 3)
     params = prunable_params(model)
     assert len(params) == 21 and sum(p.numel() for p in params.values()) == 11_164_352  # spec §7
+
+
+# -- the seam: a method with its own knobs and state touches no shared class --------------------------------
+
+class ToyKnobs(StrictModel):  # at module level: the test module's annotations are strings
+    every: int = Field(ge=1)
+
+
+def test_a_new_method_brings_its_own_settings_state_and_epoch_signals():
+    from pipeline.sparsity.dst import DynamicSparsity, SparsityConfig, register
+
+    @register("toy_counter")
+    class Toy(DynamicSparsity):
+        """Toy (a test, 2026): SET whose epoch rows count the evaluated epochs it has seen."""
+
+        class Settings(SparsityConfig):
+            toy: ToyKnobs
+
+        example = {"toy": {"every": 2}}
+
+        @classmethod
+        def preset(cls, epochs):
+            return {**METHODS["set"].preset(epochs), "toy": {"every": 1}}
+
+        def initial_extra(self):
+            return {"seen": 0, "trace": torch.zeros(3)}
+
+        def end_epoch(self, state, epoch, row):
+            state.extra["seen"] += 1
+            state.extra["trace"][epoch % 3] += row.get("train_acc", 0.0)
+            return {"toy_seen": state.extra["seen"]}
+
+    try:
+        cfg = RewireConfig.model_validate({"name": "r", "type": "rewire", "method": "toy_counter", "epochs": 4,
+                                           "sparsity": {"toy": {"every": 3}}})
+        assert cfg.model_dump(mode="json")["sparsity"]["toy"] == {"every": 3} and cfg.sparsity.update_unit == "epochs"
+        with pytest.raises(ValidationError, match="toy is read only by toy_counter, not by rigl"):
+            RewireConfig.model_validate({"name": "r", "type": "rewire", "method": "rigl", "sparsity": {"toy": {"every": 1}}})
+        model, opt, hooks = setup("toy_counter", toy={"every": 2})
+        row = {"train_acc": 5.0}
+        hooks.end_epoch(0, row)
+        assert row["toy_seen"] == 1 and hooks.state.extra["trace"].tolist() == [5.0, 0.0, 0.0]
+        buf = io.BytesIO()
+        torch.save(hooks.state_dict(), buf)
+        buf.seek(0)
+        _, _, fresh = setup("toy_counter", toy={"every": 2})
+        fresh.load_state_dict(torch.load(buf, weights_only=True))
+        assert fresh.state.extra["seen"] == 1 and torch.equal(fresh.state.extra["trace"], hooks.state.extra["trace"])
+        hooks.state.extra["trace"][0] = 9.0
+        assert fresh.state.extra["trace"][0] == 5.0  # restored as a copy, not shared
+    finally:
+        METHODS._classes.pop("toy_counter", None)

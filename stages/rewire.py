@@ -39,7 +39,8 @@ from pipeline.data import num_batches
 from pipeline.engine.errors import ConfigError
 from pipeline.metrics.flops import count_macs, inference_flops
 from pipeline.engine.schema import Ratio
-from pipeline.sparsity.dst import METHODS, RewireHooks, Schedule, SparsityConfig, build_method, validate_sparsity
+from pipeline.sparsity.dst import (METHODS, RewireHooks, Schedule, SparsityConfig, any_settings_model, build_method,
+                                   validate_sparsity)
 from pipeline.engine.stage import Stage, StageConfig
 from pipeline.train.loop import TrainingConfig, save_trained, train
 
@@ -47,9 +48,10 @@ from pipeline.train.loop import TrainingConfig, save_trained, train
 class RewireConfig(StageConfig, TrainingConfig):
     method: str = Field(default="flying_bird", description=f"one of: {', '.join(METHODS)}")
     density: Ratio = Field(default=0.2, gt=0, le=1, description="kept fraction of all conv/linear weights (exact)")
-    # the method's own Settings class (common knobs plus its sub-block), filled from its preset
-    sparsity: SerializeAsAny[SparsityConfig] = Field(default=None, validate_default=True,
-                                                     description="per-method settings; every key defaults to the method preset")
+    # Holds the method's own Settings (the common knobs plus its sub-block), filled from its preset; the
+    # annotation names every method's keys so that config errors can suggest them.
+    sparsity: SerializeAsAny[any_settings_model()] = Field(
+        default=None, validate_default=True, description="per-method settings; every key defaults to the method preset")
 
     @field_validator("method")
     @classmethod
@@ -58,11 +60,13 @@ class RewireConfig(StageConfig, TrainingConfig):
             raise ValueError(f"unknown method {value!r}; valid: {', '.join(METHODS)}")
         return value
 
-    @field_validator("sparsity", mode="before")
+    @field_validator("sparsity", mode="plain")
     @classmethod
-    def _preset_underneath(cls, value: Any, info: ValidationInfo) -> Any:
+    def _preset_underneath(cls, value: Any, info: ValidationInfo) -> SparsityConfig | None:
         method = info.data.get("method")
-        if method is None or isinstance(value, SparsityConfig):  # an invalid method is reported on its own
+        if method is None:  # the invalid method is the error; its settings cannot be judged
+            return None
+        if isinstance(value, METHODS[method].Settings):
             return value
         return validate_sparsity(method, value, epochs=info.data.get("epochs"))
 

@@ -8,7 +8,8 @@ in force by `pipeline.sparsity.masks.MaskEnforcer`).
 """
 from __future__ import annotations
 
-from pipeline.sparsity.dst.config import SparsityConfig, fill_from_preset, resolve_sparsity, validate_sparsity
+from pipeline.sparsity.dst.config import (SparsityConfig, any_settings_model, fill_from_preset, resolve_sparsity,
+                                          validate_sparsity)
 from pipeline.sparsity.dst.core import DynamicSparsity, Layer, select_drop_grow
 from pipeline.sparsity.dst.hooks import RewireHooks
 from pipeline.sparsity.dst.methods import (AdaptiveConfig, GradualConfig, MemoryBoundConfig, build_method,
@@ -20,6 +21,6 @@ from pipeline.sparsity.masks import MaskEnforcer
 
 __all__ = [
     "AdaptiveConfig", "DSTState", "DynamicSparsity", "GradualConfig", "Layer", "METHODS", "MaskEnforcer",
-    "MemoryBoundConfig", "RewireHooks", "Schedule", "SparsityConfig", "build_method", "cubic_density", "fbp_signals",
+    "MemoryBoundConfig", "RewireHooks", "any_settings_model", "Schedule", "SparsityConfig", "build_method", "cubic_density", "fbp_signals",
     "fill_from_preset", "register", "resolve_sparsity", "select_drop_grow", "validate_sparsity",
 ]

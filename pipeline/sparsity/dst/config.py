@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, create_model, model_validator
 
 from pipeline.engine.schema import StrictModel
 from pipeline.sparsity.dst.registry import METHODS
@@ -84,6 +84,18 @@ def fill_from_preset(method: Any, raw_sparsity: Any, *, epochs: Any) -> Any:
 def validate_sparsity(method: str, raw_sparsity: Any, *, epochs: Any) -> SparsityConfig:
     """The method's own `Settings`, validated from the user's block over its preset."""
     return METHODS[method].Settings.model_validate(fill_from_preset(method, raw_sparsity, epochs=epochs))
+
+
+def any_settings_model() -> type[SparsityConfig]:
+    """One model naming every registered method's own sub-blocks (each optional). It only describes the
+    keys (did-you-mean in config errors, `pipeline stages`); a stage's block is validated as its own
+    method's `Settings` (`validate_sparsity`)."""
+    own: dict[str, Any] = {}
+    for cls in METHODS.values():
+        for key, info in cls.Settings.model_fields.items():
+            if key not in SparsityConfig.model_fields and key not in own:
+                own[key] = (info.annotation | None, Field(default=None, description=info.description))
+    return create_model("AnySparsityConfig", __base__=SparsityConfig, **own)
 
 
 def resolve_sparsity(method: str, *, epochs: int = DEFAULT_EPOCHS, **overrides: Any) -> SparsityConfig:

@@ -154,6 +154,12 @@ def test_invalid_sparsity_is_reported_with_its_path(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert "stages[0].sparsity: gradual is read only by granet" in str(err.value)
+    path.write_text(json.dumps({**cfg, "stages": [{"name": "rw", "type": "rewire", "method": "flying_bird_plus",
+                                                   "sparsity": {"adaptve": {}, "adaptive": {"windw": 2}}}]}))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "stages[0].sparsity.adaptive.windw: unknown key (did you mean 'window'?)" in str(err.value)
+    assert "stages[0].sparsity.adaptve: unknown key (did you mean 'adaptive'?)" in str(err.value)
     path.write_text(json.dumps({**cfg, "stages": [{"name": "rw", "type": "rewire", "method": "rigl",
                                                    "sparsity": {"update_every": 0}}]}))
     proc = run_cli("validate", str(path))

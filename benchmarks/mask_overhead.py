@@ -23,7 +23,7 @@ import torch
 
 from pipeline.metrics.attacks import AttackConfig, make_train_attack
 from pipeline.models import create_model
-from pipeline.sparsity.dst import DSTState, RewireHooks, Schedule, build_method, resolve_sparsity
+from pipeline.sparsity.dst import RewireHooks, Schedule, build_method, resolve_sparsity
 from pipeline.train.step import adversarial_train_step
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -38,7 +38,7 @@ def _hooks(method_name: str, model: torch.nn.Module, optimizer, *, update_every:
                                 second_after_epoch=None)
     schedule = Schedule.from_settings(settings, steps_per_epoch=total_steps, epochs=1)
     method = build_method(method_name, settings, 0.2, schedule, seed=1)
-    hooks = RewireHooks(method, DSTState.start(method.initial_masks(model)))
+    hooks = RewireHooks(method, method.start(model))
     hooks.on_start(model, optimizer)
     return hooks
 

@@ -13,7 +13,8 @@ from pydantic import Field
 from pipeline.engine.seeding import Stream, derive_seed
 from pipeline.engine.errors import DataError
 from pipeline.engine.stage import Stage, StageConfig
-from pipeline.train.loop import TrainingConfig, TrainingHooks, save_trained, train
+from pipeline.sparsity.hooks import MaskHooks
+from pipeline.train.loop import TrainingConfig, save_trained, train
 from pipeline.models.transfer import (
     MODEL_DATA_KEY,
     TransferConfig,
@@ -33,23 +34,6 @@ class FinetuneConfig(StageConfig, TrainingConfig):
                                         "round that stage selected")
     transfer: TransferConfig | None = Field(
         default=None, description="move the input model to another dataset first: new dense head, kept mask")
-
-
-class KeepMasks(TrainingHooks):
-    """Re-zero masked weights and their optimizer state after every step (gradients there are dense)."""
-
-    def __init__(self, masks):
-        self.masks = masks
-
-    def on_start(self, model, optimizer) -> None:
-        self.enforce = self.masks.enforcer(model, optimizer)
-        self.enforce()
-
-    def after_step(self, step: int) -> None:
-        self.enforce()
-
-    def densities(self) -> dict[str, float]:
-        return self.masks.layer_densities()
 
 
 class Finetune(Stage):
@@ -86,7 +70,7 @@ class Finetune(Stage):
                 raise DataError(f"the model of stage {source!r} has {card['num_classes']} classes but "
                                 f"{dataset_label(data.name, data.source)} has {data.num_classes}; "
                                 "add a `transfer:` block to fine-tune it on another dataset")
-        hooks = KeepMasks(masks) if masks is not None else None
+        hooks = MaskHooks(masks) if masks is not None else None  # masked weights and momentum stay exactly 0
 
         result = train(ctx, cfg, model, data, hooks=hooks)
 

@@ -178,8 +178,7 @@ class Imp(Stage):
     def _first_mask(ctx, cfg: ImpConfig, model, data, where: str) -> MaskSet | None:
         """The mask of round 1 from the input's weights (None when imp trains a dense round 0 first)."""
         if cfg.method == "random":
-            random = cfg.criterion.model_copy(update={"pruner": "random", "config_list": None})
-            return ticket_masks(model, random, 1 - cfg.target_sparsity, where=where,
+            return ticket_masks(model, cfg.criterion, 1 - cfg.target_sparsity, pruner="random", where=where,
                                 generator=ctx.generator(Stream.IMP_RANDOM_MASK, device="cpu"))
         if cfg.method == "omp":
             return ticket_masks(model, cfg.criterion, 1 - cfg.target_sparsity, where=where,

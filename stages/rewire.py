@@ -33,14 +33,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
 
 from pipeline.data import num_batches
 from pipeline.engine.errors import ConfigError
 from pipeline.metrics.flops import count_macs, inference_flops
 from pipeline.engine.schema import Ratio
-from pipeline.sparsity.dst import (METHODS, DSTState, RewireHooks, Schedule, SparsityConfig, build_method,
-                                   fill_from_preset)
+from pipeline.sparsity.dst import (METHODS, RewireHooks, Schedule, SparsityConfig, any_settings_model, build_method,
+                                   validate_sparsity)
 from pipeline.engine.stage import Stage, StageConfig
 from pipeline.train.loop import TrainingConfig, save_trained, train
 
@@ -48,17 +48,10 @@ from pipeline.train.loop import TrainingConfig, save_trained, train
 class RewireConfig(StageConfig, TrainingConfig):
     method: str = Field(default="flying_bird", description=f"one of: {', '.join(METHODS)}")
     density: Ratio = Field(default=0.2, gt=0, le=1, description="kept fraction of all conv/linear weights (exact)")
-    sparsity: SparsityConfig = Field(default=None, validate_default=True,  # filled from the preset before validation
-                                     description="per-method settings; every key defaults to the method preset")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _preset_underneath(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            data = dict(data)
-            data["sparsity"] = fill_from_preset(data.get("method", "flying_bird"), data.get("sparsity"),
-                                                epochs=data.get("epochs", 200))
-        return data
+    # Holds the method's own Settings (the common knobs plus its sub-block), filled from its preset; the
+    # annotation names every method's keys so that config errors can suggest them.
+    sparsity: SerializeAsAny[any_settings_model()] = Field(
+        default=None, validate_default=True, description="per-method settings; every key defaults to the method preset")
 
     @field_validator("method")
     @classmethod
@@ -67,18 +60,30 @@ class RewireConfig(StageConfig, TrainingConfig):
             raise ValueError(f"unknown method {value!r}; valid: {', '.join(METHODS)}")
         return value
 
+    @field_validator("sparsity", mode="plain")
+    @classmethod
+    def _preset_underneath(cls, value: Any, info: ValidationInfo) -> SparsityConfig | None:
+        method = info.data.get("method")
+        if method is None:  # the invalid method is the error; its settings cannot be judged
+            return None
+        if isinstance(value, METHODS[method].Settings):
+            return value
+        return validate_sparsity(method, value, epochs=info.data.get("epochs"))
+
     @model_validator(mode="after")
-    def _cross_checks(self):
-        g = self.sparsity.gradual if self.sparsity is not None else None
-        if g is not None and g.initial_density < self.density:
-            raise ValueError(f"sparsity: gradual.initial_density {g.initial_density} is below density {self.density}")
+    def _method_checks(self):
+        if self.sparsity is not None and self.method in METHODS:
+            try:
+                METHODS[self.method].check(self.sparsity, self.density)
+            except ValueError as exc:
+                raise ValueError(f"sparsity: {exc}") from None
         return self
 
 
 class Rewire(Stage):
     Config = RewireConfig
     input_mode = "optional"
-    summary = "dynamic sparse training: flying_bird | flying_bird_plus | set | rigl | mest | granet"
+    summary = "dynamic sparse training: " + " | ".join(METHODS)
 
     def run(self, ctx) -> None:
         cfg: RewireConfig = ctx.config
@@ -91,10 +96,10 @@ class Rewire(Stage):
         schedule = Schedule.from_settings(cfg.sparsity, steps_per_epoch=steps_per_epoch, epochs=cfg.epochs)
         method = build_method(cfg.method, cfg.sparsity, cfg.density, schedule, seed=ctx.seed)
         try:
-            masks = method.initial_masks(model)
+            state = method.start(model)
         except ValueError as exc:  # e.g. dense first/last layers alone exceed the density
             raise ConfigError(f"stages.{ctx.name}.density / sparsity: {exc}") from None
-        state = DSTState.start(masks)
+        masks = state.masks
         hooks = RewireHooks(method, state, select_key=cfg.select_key)
         ctx.log(f"[{ctx.name}] {cfg.method}: initial density {masks.density():.4f} ({cfg.sparsity.init}), "
                 f"{len(schedule.update_steps())} scheduled updates over {schedule.total_steps} steps")
@@ -114,11 +119,11 @@ class Rewire(Stage):
             "layers": chosen.layer_densities(), "counts": chosen.counts(),
             "flops_ratio": inference_flops(layer_macs, chosen.layer_densities())["ratio"],
             "events": state.events, "prune_grow_updates": prune_grow, "connections_changed": state.changed_total,
-            "ever_active": state.ever_active_fraction(), "dense_layers": sorted(method.frozen),
+            "ever_active": state.ever_active_fraction(), "dense_layers": sorted(state.frozen),
             "updates_file": "updates.jsonl",
         }
         if best:
-            ctx.record["sparsity"]["final_layers"] = state.layer_densities()
+            ctx.record["sparsity"]["final_layers"] = state.masks.layer_densities()
         ctx.metrics.update(result.summary())
         ctx.metrics.update({"selected": cfg.select, "epochs_run": len(result.history), "steps": result.steps,
                             "density": chosen.density(), "ever_active": state.ever_active_fraction(),

@@ -7,10 +7,12 @@ import math
 
 import pytest
 import torch
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
+from pipeline.engine.schema import StrictModel
 from pipeline.models import create_model
 from pipeline.sparsity import MaskSet, prunable_params
+from pipeline.sparsity.hooks import MaskHooks
 from pipeline.sparsity.dst import (METHODS, DSTState, Layer, MaskEnforcer, RewireHooks, Schedule, build_method,
                                    cubic_density, fbp_signals, resolve_sparsity, select_drop_grow)
 from stages.rewire import RewireConfig
@@ -27,7 +29,7 @@ def setup(method: str, *, density: float = 0.3, steps_per_epoch: int = 5, epochs
     settings = resolve_sparsity(method, epochs=epochs, **overrides)
     schedule = Schedule.from_settings(settings, steps_per_epoch=steps_per_epoch, epochs=epochs)
     m = build_method(method, settings, density, schedule, seed=seed)
-    state = DSTState.start(m.initial_masks(model))
+    state = m.start(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     hooks = RewireHooks(m, state)
     hooks.on_start(model, opt)
@@ -88,7 +90,7 @@ def test_apply_zeroes_dropped_and_regrown_weights_and_their_momentum():
     state = DSTState.start(masks)
     layer = Layer("w", 0, weight, masks["w"])
     grads = {"w": torch.tensor([[0.0, 0.0, 0.0, 7.0, 0.0, 3.0]])}
-    entry = m.apply(0, state, [layer], opt, grads, {"w": (2, 2)}, event="prune_grow", rate=0.5)
+    entry = m.apply_counts(0, state, [layer], opt, grads, {"w": (2, 2)}, event="prune_grow", rate=0.5)
     assert masks["w"].tolist() == [[True, False, True, True, False, True]]
     assert torch.equal(weight.detach(), torch.tensor([[0.5, 0.0, 0.3, 0.0, 0.0, 0.0]]))  # -0.05 regrown from 0
     assert opt.state[weight]["momentum_buffer"].tolist() == [[1.0, 0.0, 3.0, 0.0, 0.0, 0.0]]
@@ -138,8 +140,7 @@ def test_every_preset_resolves_and_shows_every_value():
         cfg = RewireConfig.model_validate({"name": "r", "type": "rewire", "method": name, "epochs": 10})
         dumped = cfg.model_dump(mode="json")["sparsity"]
         assert None not in (dumped["init"], dumped["update_every"], dumped["grow"])
-        for ext in ("adaptive", "memory_bound", "gradual"):
-            assert (dumped[ext] is not None) == (ext in cls.extensions), (name, ext)
+        assert set(dumped) == set(cls.Settings.model_fields)  # the method's own sub-block, no other's
         assert cls.__doc__ and "20" in cls.__doc__  # names its source paper and year
     fbp = RewireConfig.model_validate({"name": "r", "type": "rewire", "method": "flying_bird_plus", "epochs": 10,
                                        "sparsity": {"grow": "gradient", "adaptive": {"window": 2}}})
@@ -165,10 +166,10 @@ def test_initial_density_exact_and_dense_first_last_frozen(init):
     model, opt, hooks = setup("flying_bird", density=0.25, init=init, dense_first=True, dense_last=True, update_every=1)
     masks, total = hooks.state.masks, sum(m.numel() for m in hooks.state.masks.values())
     assert sum(masks.counts().values()) == round(0.25 * total)
-    assert hooks.method.frozen == {"net.features.0.weight", "net.fc.weight"}
+    assert hooks.state.frozen == {"net.features.0.weight", "net.fc.weight"}
     for step in range(6):
         fake_step(model, opt, hooks, step)
-    assert all(masks[n].all() for n in hooks.method.frozen)
+    assert all(masks[n].all() for n in hooks.state.frozen)
     assert sum(masks.counts().values()) == round(0.25 * total)
 
 
@@ -185,19 +186,41 @@ def test_initial_positions_depend_on_seed_and_magnitude_picks_largest():
 
 # -- exact counts over many updates ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", ["flying_bird", "set", "rigl"])
-def test_counts_conserved_exactly_over_many_updates(method):
-    model, opt, hooks = setup(method, update_every=2, update_unit="steps", second_update_every=None,
-                              second_after_epoch=None, stop_fraction=None)
-    initial = hooks.state.masks.counts()
-    updates = 0
-    for step in range(60):
-        updates += fake_step(model, opt, hooks, step)
-        assert hooks.state.masks.counts() == initial
-        check_masked_zero(model, opt, hooks.state.masks)
-    assert updates == 30 and hooks.state.changed_total > 0
-    assert hooks.state.ever_active_fraction() > hooks.state.masks.density()
-    assert hooks.dense_grad_step(59) == (method == "rigl") and not hooks.dense_grad_step(58)
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_keeps_exact_counts_zeros_and_its_log_over_many_updates(method):
+    """The invariants every registered method must keep, whatever it changes: binary masks whose
+    counts are exactly what its log says after each event, zeros (weights and momentum) outside them,
+    dense layers untouched, and the exact target density at the end of training."""
+    density, steps = 0.3, 60
+    model, opt, hooks = setup(method, density=density, update_every=2, update_unit="steps", second_update_every=None,
+                              second_after_epoch=None, stop_fraction=None, dense_last=True)
+    state, total = hooks.state, sum(m.numel() for m in hooks.state.masks.values())
+    sizes = state.masks.sizes()
+    counts = state.masks.counts()
+    events = 0
+    for step in range(steps):
+        changed = fake_step(model, opt, hooks, step)
+        assert changed == (len(state.log) > events), step
+        for entry in state.log[events:]:
+            assert entry["step"] == step and entry["event_index"] == events + 1
+            events += 1
+        now = state.masks.counts()
+        if changed:
+            last = state.log[-1]
+            assert {n: round(d * sizes[n]) for n, d in last["layer_density"].items()} == now
+            assert sum(now.values()) - sum(counts.values()) == sum(e["grown"] - e["dropped"] for e in state.log
+                                                                   if e["step"] == step)
+        else:
+            assert now == counts
+        counts = now
+        assert all(m.dtype == torch.bool for m in state.masks.values())
+        assert all(state.masks[n].all() for n in state.frozen) and state.frozen
+        check_masked_zero(model, opt, state.masks)
+    assert events > 5 and state.changed_total > 0
+    assert sum(state.masks.counts().values()) == round(density * total)
+    assert state.ever_active_fraction() > state.masks.density()
+    grads = [hooks.dense_grad_step(s) for s in range(steps)]
+    assert any(grads) == (hooks.method.settings.grow == "gradient")
 
 
 def test_gradient_growth_uses_the_last_batch_and_starts_at_zero():
@@ -225,7 +248,7 @@ def test_mest_rises_above_target_then_prunes_back_exactly():
     for step in range(40):
         fake_step(model, opt, hooks, step)
         counts = hooks.state.masks.counts()
-        if hooks.state.prune_back_at is None:
+        if hooks.state.extra["prune_back_at"] is None:
             assert counts == targets, step
         else:
             assert all(counts[n] >= targets[n] for n in counts)
@@ -274,8 +297,7 @@ def _fbp_plan(gaps, losses, *, epoch=5, **adaptive):
     mask = torch.zeros(100, dtype=torch.bool)
     mask[:40] = True
     layer = Layer("w", 0, torch.zeros(100), mask)
-    state = DSTState.start(MaskSet({"w": mask}))
-    state.gap_history, state.loss_history = list(gaps), list(losses)
+    state = DSTState.start(MaskSet({"w": mask}), extra={"gap_history": list(gaps), "loss_history": list(losses)})
     return m.plan(epoch * 10, state, [layer], {"w": 40}, 0.5)
 
 
@@ -299,7 +321,7 @@ def test_fbp_respects_density_floor_over_many_updates():
     model, opt, hooks = setup("flying_bird_plus", density=0.3, update_every=2, second_update_every=None,
                               second_after_epoch=None, adaptive={"start_epoch": 0, "window": 1, "min_density": 0.25})
     total = sum(m.numel() for m in hooks.state.masks.values())
-    hooks.state.gap_history, hooks.state.loss_history = [0.0, 1.0], [1.0, 0.5]  # gap rising, loss falling
+    hooks.state.extra.update(gap_history=[0.0, 1.0], loss_history=[1.0, 0.5])  # gap rising, loss falling
     previous = hooks.state.masks.counts()
     for step in range(40):
         if fake_step(model, opt, hooks, step):
@@ -314,7 +336,7 @@ def test_fbp_respects_density_floor_over_many_updates():
 
 # -- state ------------------------------------------------------------------------------------------------
 
-def test_enforcer_matches_maskset_enforce():
+def test_rewire_and_fixed_mask_hooks_enforce_identically():
     model, opt, hooks = setup("set")
     twin, twin_opt = copy.deepcopy(model), None
     for p in model.parameters():
@@ -324,7 +346,8 @@ def test_enforcer_matches_maskset_enforce():
     twin_opt = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9)
     twin_opt.load_state_dict(opt.state_dict())
     hooks.enforcer()
-    hooks.state.masks.enforce_(twin, twin_opt)
+    twin_hooks = MaskHooks(hooks.state.masks.clone())
+    twin_hooks.on_start(twin, twin_opt)  # a fixed mask's hooks put it in force the same way
     for (n, a), (_, b) in zip(model.named_parameters(), twin.named_parameters()):
         assert torch.equal(a, b), n
         assert torch.equal(opt.state[a]["momentum_buffer"], twin_opt.state[b]["momentum_buffer"]), n
@@ -353,7 +376,8 @@ def test_state_round_trip_and_resumed_run_continues_identically():
     model2.load_state_dict(saved["model"])
     opt2.load_state_dict(saved["opt"])
     hooks2.load_state_dict(saved["hooks"])
-    assert hooks2.state.log == hooks.state.log and hooks2.state.gap_history == hooks.state.gap_history
+    assert hooks2.state.log == hooks.state.log and hooks2.state.extra == hooks.state.extra
+    assert len(hooks.state.extra["gap_history"]) == 2  # fed by the method's own end_epoch
     assert hooks2.state.masks == hooks.state.masks and hooks2.densities() == hooks.densities()
     assert _epochs(model, opt, hooks, range(12, 30)) == _epochs(model2, opt2, hooks2, range(12, 30))
     assert hooks.state.masks == hooks2.state.masks and hooks.state.ever_active == hooks2.state.ever_active
@@ -367,3 +391,55 @@ def test_prunable_layers_match_fb_reference_scope():
     model = create_model("preact_resnet18", num_classes=10, in_chans=3, mean=[0.5] * 3, std=[0.25] * 3)
     params = prunable_params(model)
     assert len(params) == 21 and sum(p.numel() for p in params.values()) == 11_164_352  # spec §7
+
+
+# -- the seam: a method with its own knobs and state touches no shared class --------------------------------
+
+class ToyKnobs(StrictModel):  # at module level: the test module's annotations are strings
+    every: int = Field(ge=1)
+
+
+def test_a_new_method_brings_its_own_settings_state_and_epoch_signals():
+    from pipeline.sparsity.dst import DynamicSparsity, SparsityConfig, register
+
+    @register("toy_counter")
+    class Toy(DynamicSparsity):
+        """Toy (a test, 2026): SET whose epoch rows count the evaluated epochs it has seen."""
+
+        class Settings(SparsityConfig):
+            toy: ToyKnobs
+
+        example = {"toy": {"every": 2}}
+
+        @classmethod
+        def preset(cls, epochs):
+            return {**METHODS["set"].preset(epochs), "toy": {"every": 1}}
+
+        def initial_extra(self):
+            return {"seen": 0, "trace": torch.zeros(3)}
+
+        def end_epoch(self, state, epoch, row):
+            state.extra["seen"] += 1
+            state.extra["trace"][epoch % 3] += row.get("train_acc", 0.0)
+            return {"toy_seen": state.extra["seen"]}
+
+    try:
+        cfg = RewireConfig.model_validate({"name": "r", "type": "rewire", "method": "toy_counter", "epochs": 4,
+                                           "sparsity": {"toy": {"every": 3}}})
+        assert cfg.model_dump(mode="json")["sparsity"]["toy"] == {"every": 3} and cfg.sparsity.update_unit == "epochs"
+        with pytest.raises(ValidationError, match="toy is read only by toy_counter, not by rigl"):
+            RewireConfig.model_validate({"name": "r", "type": "rewire", "method": "rigl", "sparsity": {"toy": {"every": 1}}})
+        model, opt, hooks = setup("toy_counter", toy={"every": 2})
+        row = {"train_acc": 5.0}
+        hooks.end_epoch(0, row)
+        assert row["toy_seen"] == 1 and hooks.state.extra["trace"].tolist() == [5.0, 0.0, 0.0]
+        buf = io.BytesIO()
+        torch.save(hooks.state_dict(), buf)
+        buf.seek(0)
+        _, _, fresh = setup("toy_counter", toy={"every": 2})
+        fresh.load_state_dict(torch.load(buf, weights_only=True))
+        assert fresh.state.extra["seen"] == 1 and torch.equal(fresh.state.extra["trace"], hooks.state.extra["trace"])
+        hooks.state.extra["trace"][0] = 9.0
+        assert fresh.state.extra["trace"][0] == 5.0  # restored as a copy, not shared
+    finally:
+        METHODS._classes.pop("toy_counter", None)

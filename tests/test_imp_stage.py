@@ -13,7 +13,7 @@ from torch import nn
 
 from pipeline.engine.config import validate_tree
 from pipeline.engine.errors import ConfigError
-from pipeline.sparsity import MaskSet, global_magnitude_masks, layerwise_magnitude_masks
+from pipeline.sparsity import MaskSet, global_magnitude_masks, topk_mask
 from pipeline.sparsity.tickets import CriterionConfig, ticket_masks
 
 from .conftest import run_cli, tiny_config
@@ -179,7 +179,7 @@ def test_criterion_block_nni_level_random_and_within():
     net = _Net()
     convs = {"conv1.weight": net.conv1.weight, "conv2.weight": net.conv2.weight}
     level = ticket_masks(net, CriterionConfig(pruner="level", scope="conv"), 0.5)
-    assert level == layerwise_magnitude_masks(convs, {n: 0.5 for n in convs})  # per layer, at the target
+    assert level == MaskSet({n: topk_mask(p.detach().abs(), round(0.5 * p.numel())) for n, p in convs.items()})  # per layer
 
     within = ticket_masks(net, CriterionConfig(scope="conv_linear", dense_last=True), 0.6)
     assert list(within) == ["conv1.weight", "conv2.weight"]

@@ -9,9 +9,11 @@ from torch import nn
 
 from pipeline.engine.errors import ConfigError
 from pipeline.sparsity import (
-    ALLOCATORS, EarlyBirdDetector, MaskSet, attach_mask_hooks, derived_generator, early_bird_distance, erk,
-    get_allocator, global_magnitude_masks, igq, imp_round_density, layerwise_magnitude_masks, prunable_params,
-    random_mask, random_masks, topk_mask, uniform)
+    ALLOCATORS, EarlyBirdDetector, MaskSet, derived_generator, early_bird_distance, erk,
+    get_allocator, global_magnitude_masks, igq, imp_round_density, prunable_params,
+    random_mask, topk_mask, uniform)
+from pipeline.sparsity.criteria import CRITERIA
+from pipeline.sparsity.hooks import MaskHooks
 
 torch.set_num_threads(1)
 
@@ -224,14 +226,22 @@ def _train(model, optimizer, steps, gen, *, grads=None):
         optimizer.step()
 
 
+def keep_in_force(model, masks, optimizer) -> MaskHooks:
+    """MaskHooks started on `model`: its enforcer is built once here, as the training loop does."""
+    hooks = MaskHooks(masks)
+    hooks.on_start(model, optimizer)
+    return hooks
+
+
 def test_masked_weights_and_momentum_stay_exactly_zero_through_sgd():
     torch.manual_seed(0)
     model = TinyNet()
     params = prunable_params(model)
-    masks = random_masks(params, 0.3, torch.Generator().manual_seed(1))
+    masks = CRITERIA["random"].global_masks(model, params, 0.3, generator=torch.Generator().manual_seed(1))
     start = {n: p.detach().clone() for n, p in params.items()}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    handle = attach_mask_hooks(model, masks, optimizer)
+    hooks = keep_in_force(model, masks, optimizer)
+    handle = optimizer.register_step_post_hook(lambda *_: hooks.after_step(0))
     grads: list = []
     _train(model, optimizer, 50, torch.Generator().manual_seed(2), grads=grads)
     for n, p in params.items():
@@ -247,9 +257,8 @@ def test_masked_weights_and_momentum_stay_exactly_zero_through_sgd():
     flat = (grads[-1][name].abs() * ~masks[name]).argmax().item()
     pos = list(torch.unravel_index(torch.tensor(flat), masks[name].shape))
     pos = [int(i) for i in pos]
-    grown = masks[name].clone()
-    grown[tuple(pos)] = True
-    masks[name] = grown
+    masks[name][tuple(pos)] = True  # in place, then refresh: how a rewiring method changes the topology
+    hooks.enforcer.refresh()
     assert params[name][tuple(pos)].item() == 0 and optimizer.state[params[name]]["momentum_buffer"][tuple(pos)] == 0
     _train(model, optimizer, 1, torch.Generator().manual_seed(3))
     assert params[name][tuple(pos)].item() != 0  # it now trains, like any kept weight
@@ -265,7 +274,8 @@ def test_masked_weights_and_adam_moments_stay_zero():
     params = prunable_params(model)
     masks = global_magnitude_masks(params, 0.4)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2)
-    attach_mask_hooks(model, masks, optimizer)
+    hooks = keep_in_force(model, masks, optimizer)
+    optimizer.register_step_post_hook(lambda *_: hooks.after_step(0))
     _train(model, optimizer, 10, torch.Generator().manual_seed(2))
     for n, p in params.items():
         off = ~masks[n]
@@ -290,7 +300,7 @@ def test_imp_rounds_prune_a_fraction_of_the_remaining_exactly():
     params = {"c1": torch.randn(16, 3, 3, 3, generator=gen), "c2": torch.randn(32, 16, 3, 3, generator=gen),
               "fc": torch.randn(10, 32, generator=gen)}
     total = sum(p.numel() for p in params.values())
-    masks = MaskSet.ones(params)
+    masks = MaskSet({n: torch.ones(p.shape, dtype=torch.bool) for n, p in params.items()})
     for k in range(1, 8):
         # "training" between rounds moves the surviving weights
         trained = {n: (p + 0.3 * torch.randn(p.shape, generator=gen)) * masks[n] for n, p in params.items()}
@@ -305,30 +315,6 @@ def test_imp_rounds_prune_a_fraction_of_the_remaining_exactly():
     with pytest.raises(ValueError, match="regrow"):
         global_magnitude_masks(params, 0.9, within=masks)
 
-
-def test_layerwise_magnitude_counts_and_fractions():
-    params = {"a": torch.tensor([3.0, -1.0, 2.0, 0.5]), "b": torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])}
-    masks = layerwise_magnitude_masks(params, {"a": 1, "b": 0.4})
-    assert masks["a"].tolist() == [True, False, False, False]
-    assert masks["b"].tolist() == [False, False, False, True, True]
-    with pytest.raises(ValueError, match="missing"):
-        layerwise_magnitude_masks(params, {"a": 1})
-
-
-def test_random_masks_global_and_layerwise():
-    params = {n: torch.empty(s) for n, s in preact18_shapes().items() if s[0] <= 128}
-    total = sum(p.numel() for p in params.values())
-    glob = random_masks(params, 0.2, torch.Generator().manual_seed(0))
-    assert sum(glob.counts().values()) == round(0.2 * total)
-    assert all(abs(d - 0.2) < 0.03 for d in glob.layer_densities().values())  # ~ same density in every layer
-    again = random_masks(params, 0.2, torch.Generator().manual_seed(0))
-    assert glob.hamming_distance(again) == 0.0
-    per_layer = random_masks(params, 0.2, torch.Generator().manual_seed(0), layerwise=True)
-    shapes = {n: tuple(p.shape) for n, p in params.items()}
-    assert per_layer.counts() == uniform(shapes, 0.2)
-
-
-# --------------------------------------------------------------------------- early bird
 
 def _nested_masks(flips: list[int], n: int = 1000) -> list[MaskSet]:
     """Masks whose first `c` entries are flipped from a base mask: distance(i, j) = |c_i - c_j| / n."""
@@ -391,7 +377,7 @@ def test_nni_level_pruner_equals_layerwise_magnitude_and_leaves_the_model_alone(
                                           "exclude_op_names": ["fc"]}])
     assert list(masks) == ["conv1.weight", "conv2.weight", "head.weight"]
     params = {n: p for n, p in prunable_params(model).items() if n in masks}
-    ours = layerwise_magnitude_masks(params, {n: p.numel() - int(p.numel() * 0.6) for n, p in params.items()})
+    ours = MaskSet({n: topk_mask(p.detach().abs(), p.numel() - int(p.numel() * 0.6)) for n, p in params.items()})
     assert masks.hamming_distance(ours) == 0.0
     # the caller's model is untouched: same Parameter objects and values, no nni wrapper left behind
     assert list(dict(model.named_parameters())) == list(before)
@@ -418,7 +404,8 @@ def test_nni_l1_gives_whole_filters_and_unsupported_pruners_say_why():
 
 
 def test_taylor_criterion_ranks_weight_times_gradient_globally():
-    from pipeline.sparsity.tickets import CriterionConfig, taylor_scores, ticket_masks
+    from pipeline.sparsity.criteria import taylor_scores
+    from pipeline.sparsity.tickets import CriterionConfig, ticket_masks
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
@@ -431,7 +418,7 @@ def test_taylor_criterion_ranks_weight_times_gradient_globally():
         nn.functional.cross_entropy(model(x), y).backward()
         for n, p in params.items():
             expected[n] += (p.detach() * p.grad).abs()
-    scores = taylor_scores(model, params, batches)
+    scores = taylor_scores(model, params, batches=batches)
     assert all(torch.allclose(scores[n], expected[n], atol=1e-7) for n in params)
 
     masks = ticket_masks(model, CriterionConfig(pruner="taylor"), 0.25, batches=batches)

@@ -1,19 +1,21 @@
 """Sparsity core shared by static (lottery tickets, early bird) and dynamic (SET/RigL/Flying Bird) methods.
 
 "How much" per layer lives in `allocation`, "which" entries in `select` (exact top-k / exact random),
-masks and their enforcement during training in `masks`, magnitude/random mask builders in `magnitude`,
-early-bird detection in `early_bird`, nni criteria in `nni_criteria` (imported on demand: nni is slow to load).
+masks and the one cached enforcer that keeps them in force in `masks`, the training-loop hooks of a
+fixed mask in `hooks`, the global magnitude top-k in `magnitude`, the static pruning criteria (one
+registry of score functions) in `criteria`, early-bird detection in `early_bird`, nni criteria in
+`nni_criteria` (nni itself is imported on demand: it is slow to load), dynamic sparse training in `dst`.
 """
 from __future__ import annotations
 
 from pipeline.sparsity.allocation import ALLOCATORS, erk, get_allocator, igq, uniform
 from pipeline.sparsity.early_bird import EarlyBirdDetector, early_bird_distance
-from pipeline.sparsity.magnitude import global_magnitude_masks, imp_round_density, layerwise_magnitude_masks, random_masks
-from pipeline.sparsity.masks import MaskEnforcer, MaskSet, attach_mask_hooks, prunable_params
+from pipeline.sparsity.magnitude import global_magnitude_masks, imp_round_density
+from pipeline.sparsity.masks import MaskEnforcer, MaskSet, prunable_params
 from pipeline.sparsity.select import derived_generator, random_mask, topk_mask
 
 __all__ = [
-    "ALLOCATORS", "EarlyBirdDetector", "MaskEnforcer", "MaskSet", "attach_mask_hooks", "derived_generator", "early_bird_distance",
-    "erk", "get_allocator", "global_magnitude_masks", "igq", "imp_round_density", "layerwise_magnitude_masks",
-    "prunable_params", "random_mask", "random_masks", "topk_mask", "uniform",
+    "ALLOCATORS", "EarlyBirdDetector", "MaskEnforcer", "MaskSet", "derived_generator", "early_bird_distance",
+    "erk", "get_allocator", "global_magnitude_masks", "igq", "imp_round_density",
+    "prunable_params", "random_mask", "topk_mask", "uniform",
 ]

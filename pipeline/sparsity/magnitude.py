@@ -1,4 +1,4 @@
-"""Magnitude and random masks: global (one threshold over all layers) and layer-wise, all exact-count."""
+"""Global magnitude masks (one exact top-k over all layers together) and the IMP round densities."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -6,9 +6,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from pipeline.sparsity.allocation import uniform
 from pipeline.sparsity.masks import MaskSet
-from pipeline.sparsity.select import random_mask, topk_mask
+from pipeline.sparsity.select import topk_mask
 
 
 def _total(params: Mapping[str, Tensor]) -> int:
@@ -55,40 +54,6 @@ def global_magnitude_masks(params: Mapping[str, Tensor], density: float, *,
         raise ValueError(f"density {density} keeps {k} weights, more than the {sum(within.counts().values())} "
                          "that `within` leaves; magnitude pruning cannot regrow")
     return _split(topk_mask(torch.cat(scores), k), params)
-
-
-def layerwise_magnitude_masks(params: Mapping[str, Tensor], densities: Mapping[str, int | float]) -> MaskSet:
-    """Per layer, keep the largest |w|: an int entry is an exact count, a float a fraction (rounded)."""
-    missing = [n for n in params if n not in densities]
-    extra = [n for n in densities if n not in params]
-    if missing or extra:
-        raise ValueError(f"densities: missing layers {missing}, unknown layers {extra}")
-    out = {}
-    for name, p in params.items():
-        d = densities[name]
-        if isinstance(d, bool) or not isinstance(d, (int, float)):
-            raise TypeError(f"densities[{name!r}] must be an int count or a float fraction, got {d!r}")
-        if isinstance(d, float):
-            _check_density(d)
-            d = round(d * p.numel())
-        out[name] = topk_mask(p.detach().abs(), d)
-    return MaskSet(out)
-
-
-def random_masks(params: Mapping[str, Tensor], density: float, generator: torch.Generator, *,
-                 layerwise: bool = False) -> MaskSet:
-    """Random masks keeping exactly round(density * total) weights.
-
-    Global (default): positions drawn uniformly over all layers together, so each layer ends up near
-    `density` (the reference random-pruning baseline). layerwise=True: each layer keeps exactly its
-    uniform share (largest-remainder rounding), drawn in layer order from the same generator.
-    """
-    _check_density(density)
-    if layerwise:
-        counts = uniform({n: tuple(p.shape) for n, p in params.items()}, density)
-        return MaskSet({n: random_mask(p.shape, counts[n], generator, device=p.device) for n, p in params.items()})
-    flat = random_mask((_total(params),), round(density * _total(params)), generator)
-    return _split(flat, params)
 
 
 def imp_round_density(prune_rate: float, round_index: int) -> float:

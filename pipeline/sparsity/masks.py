@@ -20,7 +20,6 @@ from collections.abc import Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 _KINDS = ("conv", "linear")
 
@@ -84,16 +83,6 @@ class MaskSet(Mapping[str, Tensor]):
         self._masks: dict[str, Tensor] = {}
         for name, mask in (masks or {}).items():
             self._masks[name] = _as_bool(name, mask.detach())
-
-    @classmethod
-    def ones(cls, params: Mapping[str, Tensor]) -> MaskSet:
-        """All-kept masks for the given weights."""
-        return cls({n: torch.ones(p.shape, dtype=torch.bool, device=p.device) for n, p in params.items()})
-
-    @classmethod
-    def from_nonzero(cls, params: Mapping[str, Tensor]) -> MaskSet:
-        """Masks that keep exactly the non-zero entries of the given weights (e.g. of a pruned checkpoint)."""
-        return cls({n: p.detach() != 0 for n, p in params.items()})
 
     # mapping protocol
     def __getitem__(self, name: str) -> Tensor:
@@ -196,19 +185,9 @@ class MaskSet(Mapping[str, Tensor]):
         for _, p, m in self._params(model):
             p.mul_(m)
 
-    @torch.no_grad()
-    def zero_optimizer_state_(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
-        """Zero every per-weight optimizer state tensor (SGD momentum_buffer, Adam exp_avg/exp_avg_sq,
-        max_exp_avg_sq, ...) at masked positions: any state tensor of the parameter's shape."""
-        MaskEnforcer([(p, m) for _, p, m in self._params(model)], optimizer).zero_optimizer_state()
-
-    def enforce_(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """apply_ plus zero_optimizer_state_: call right after every optimizer.step() (for a training
-        loop, build `enforcer()` once instead: it caches the pairs)."""
-        self.enforcer(model, optimizer)()
-
     def enforcer(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> "MaskEnforcer":
-        """A cached enforcement of these masks on `model` (and `optimizer`'s per-weight state)."""
+        """The one way masks are kept in force: a cached enforcement of these masks on `model` (and
+        `optimizer`'s per-weight state), built once per training run and called after every step."""
         return MaskEnforcer([(p, m) for _, p, m in self._params(model)], optimizer)
 
 
@@ -256,17 +235,3 @@ class MaskEnforcer:
                     masks.append(m)
         if states:
             torch._foreach_mul_(states, masks)
-
-
-def attach_mask_hooks(model: nn.Module, masks: MaskSet, optimizer: torch.optim.Optimizer) -> RemovableHandle:
-    """Register an optimizer step post-hook that runs `masks.enforce_(model, optimizer)` after every step.
-
-    The masks are also applied once now. The hook reads `masks` at every step, so in-place changes
-    (prune-and-grow) take effect at the next step. Call `.remove()` on the returned handle to detach.
-    """
-    masks.enforce_(model, optimizer)
-
-    def _after_step(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        masks.enforce_(model, opt)
-
-    return optimizer.register_step_post_hook(_after_step)

@@ -4,13 +4,10 @@ rewind points, and reading one IMP round's ticket back.
 Shared by the `early_bird` and `imp` stages; any stage may load an IMP round through `load_round`
 (stages do not import each other).
 
-Criteria. `global_magnitude` is our exact global top-k of |w| over all layers of the scope together
-(one threshold, as both papers prune). `random` ranks uniformly random scores the same way, so it is
-also exact and can prune among survivors. `taylor` ranks the first-order Taylor saliency |w * dL/dw|
-(the loss change when a weight is removed), summed over `taylor_batches` clean training batches, with
-the same exact global top-k. The nni names (`level`, `l1`, `l2`, `fpgm`) rank per layer
-(or per filter) through nni's pruners; without a `config_list` every layer of the scope gets the
-target sparsity.
+Criteria come from `pipeline.sparsity.criteria.CRITERIA`: a global one (global_magnitude, random,
+taylor) scores the weights of `scope` and keeps the exact global top-k; an nni one (level, l1, l2,
+fpgm) ranks per layer (or per filter) through nni's pruners, where without a `config_list` every layer
+of the scope gets the target sparsity.
 """
 from __future__ import annotations
 
@@ -25,32 +22,24 @@ from torch import nn
 
 from pipeline.engine.errors import CheckpointError, ConfigError
 from pipeline.engine.schema import StrictModel
-from pipeline.train.loop import TrainingHooks, cpu_state
-
-from pipeline.sparsity.magnitude import global_magnitude_masks
+from pipeline.sparsity.criteria import CRITERIA, get_criterion
+from pipeline.sparsity.hooks import MaskHooks
 from pipeline.sparsity.masks import MaskSet, prunable_params
+from pipeline.train.hooks import cpu_state
 
 if TYPE_CHECKING:
     from pipeline.engine.context import StageHandle
 
 Scope = Literal["conv", "conv_linear"]
 SCOPE_KINDS: dict[str, tuple[str, ...]] = {"conv": ("conv",), "conv_linear": ("conv", "linear")}
-OWN_PRUNERS = ("global_magnitude", "random", "taylor")
 _SCOPE_KEYS = ("scope", "dense_first", "dense_last")
-
-
-def _nni_names() -> tuple[dict, dict]:
-    from pipeline.sparsity.nni_criteria import NEEDS_TRAINING, PRUNERS  # does not import nni itself
-
-    return PRUNERS, NEEDS_TRAINING
 
 
 class CriterionConfig(StrictModel):
     """Which weights a ticket keeps. Stages subclass it to set their default `scope`."""
 
-    pruner: str = Field(default="global_magnitude",
-                        description="global_magnitude (exact global |w| top-k) | random | taylor (global |w * grad|) "
-                                    "| nni: level | l1 | l2 | fpgm")
+    pruner: str = Field(default="global_magnitude", description=f"one of: {', '.join(CRITERIA)} "
+                        "(global_magnitude: exact global |w| top-k; taylor: global |w * grad|; level, l1, l2, fpgm: nni)")
     taylor_batches: int = Field(default=8, gt=0, description="taylor: clean training batches the saliency is summed over")
     config_list: list[dict[str, Any]] | None = Field(
         default=None, description="nni v3 config_list (nni pruners only); entries without sparse_ratio get the target sparsity")
@@ -61,20 +50,16 @@ class CriterionConfig(StrictModel):
     @field_validator("pruner")
     @classmethod
     def _known_pruner(cls, value: str) -> str:
-        pruners, needs_training = _nni_names()
-        if value in OWN_PRUNERS or value in pruners:
-            return value
-        valid = ", ".join([*OWN_PRUNERS, *sorted(pruners)])
-        if value in needs_training:
-            raise ValueError(f"{value!r} is not supported here: {needs_training[value]}; use one of {valid}")
-        raise ValueError(f"unknown pruner {value!r}; valid: {valid}")
+        get_criterion(value)
+        return value
 
     @model_validator(mode="after")
     def _config_list_for_nni_only(self):
         if self.config_list is None:
             return self
-        if self.pruner in OWN_PRUNERS:
-            raise ValueError(f"config_list: only used with the nni pruners (level, l1, l2, fpgm); "
+        if CRITERIA[self.pruner].nni_pruner is None:
+            nni = ", ".join(n for n, c in CRITERIA.items() if c.nni_pruner is not None)
+            raise ValueError(f"config_list: only used with the nni pruners ({nni}); "
                              f"{self.pruner!r} ranks the weights of `scope`")
         clash = [k for k in _SCOPE_KEYS if k in self.model_fields_set]
         if clash:
@@ -94,55 +79,33 @@ def scope_params(model: nn.Module, criterion: CriterionConfig | None = None, *, 
     return prunable_params(model, include=SCOPE_KINDS[scope], dense_first=first, dense_last=last)
 
 
-def taylor_scores(model: nn.Module, params: dict[str, nn.Parameter], batches) -> dict[str, torch.Tensor]:
-    """Sum over `batches` of |w * dL/dw| (mean CE, eval mode so BN statistics stay as they are)."""
-    was_training = model.training
-    model.eval()
-    scores = {n: torch.zeros_like(p) for n, p in params.items()}
-    names, tensors = list(params), list(params.values())
-    try:
-        for x, y in batches:
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            for n, p, g in zip(names, tensors, torch.autograd.grad(loss, tensors)):
-                scores[n].add_((p.detach() * g).abs_())
-    finally:
-        model.train(was_training)
-    return scores
-
-
 def ticket_masks(model: nn.Module, criterion: CriterionConfig, density: float, *, within: MaskSet | None = None,
-                 generator: torch.Generator | None = None, where: str = "criterion", batches=None) -> MaskSet:
+                 generator: torch.Generator | None = None, where: str = "criterion", batches=None,
+                 pruner: str | None = None) -> MaskSet:
     """Masks keeping `density` of the criterion's weights (for nni entries without their own sparse_ratio).
 
     `within` (IMP): only its kept entries compete, so the result is a subset of it and `density` stays
     relative to all weights (IMP round k passes (1 - p)^k). `random` needs `generator`, `taylor` needs
-    `batches` (see `criterion_batches`). `where` is the config path used in error messages.
+    `batches` (see `criterion_batches`). `pruner` ranks by another registered criterion over the same
+    scope (imp's random baseline). `where` is the config path used in error messages.
     """
-    if criterion.pruner in OWN_PRUNERS:
-        params = scope_params(model, criterion)
-        if not params:
-            raise ConfigError(f"{where}.scope: the model has no {criterion.scope} weights to prune")
-        if criterion.pruner == "random":
-            if generator is None:
-                raise ValueError("the random criterion needs a generator")
-            # uniform scores ranked by the same exact top-k: exact counts, and pruning among survivors works
-            params = {n: torch.rand(p.shape, generator=generator, device=generator.device).to(p.device)
-                      for n, p in params.items()}
-        elif criterion.pruner == "taylor":
-            if batches is None:
-                raise ValueError("the taylor criterion needs training batches")
-            params = taylor_scores(model, params, batches)
-        try:
-            return global_magnitude_masks(params, density, within=within)
-        except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-    return _nni_masks(model, criterion, density, within, where)
+    entry = get_criterion(pruner or criterion.pruner)
+    if entry.nni_pruner is not None:
+        return _nni_masks(model, criterion, density, within, where, entry.nni_pruner)
+    params = scope_params(model, criterion)
+    if not params:
+        raise ConfigError(f"{where}.scope: the model has no {criterion.scope} weights to prune")
+    entry.check_inputs(batches=batches, generator=generator)  # a caller's slip, not a config error
+    try:
+        return entry.global_masks(model, params, density, within=within, batches=batches, generator=generator)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def criterion_batches(criterion: CriterionConfig, data, *, batch_size: int, seed: int, device) -> list | None:
     """The clean, non-augmented training batches a data-driven criterion scores on (None for the others).
     Drawn in a fixed shuffled order of the run seed, so a resumed or repeated run scores the same images."""
-    if criterion.pruner != "taylor":
+    if not CRITERIA[criterion.pruner].needs_batches:
         return None
     from pipeline.data import train_batches
 
@@ -153,12 +116,12 @@ def criterion_batches(criterion: CriterionConfig, data, *, batch_size: int, seed
 
 def check_criterion(model: nn.Module, criterion: CriterionConfig, density: float, where: str = "criterion") -> None:
     """Cut one throw-away mask now, so a config_list nni rejects fails before any training, not after it."""
-    if criterion.pruner not in OWN_PRUNERS:
-        _nni_masks(model, criterion, density, None, where)
+    if CRITERIA[criterion.pruner].nni_pruner is not None:
+        _nni_masks(model, criterion, density, None, where, CRITERIA[criterion.pruner].nni_pruner)
 
 
 def _nni_masks(model: nn.Module, criterion: CriterionConfig, density: float, within: MaskSet | None,
-               where: str) -> MaskSet:
+               where: str, pruner: str) -> MaskSet:
     from pipeline.sparsity.nni_criteria import criterion_masks
 
     sparsity = 1.0 - density
@@ -173,7 +136,7 @@ def _nni_masks(model: nn.Module, criterion: CriterionConfig, density: float, wit
         work = copy.deepcopy(model)
         within.apply_(work)
     try:
-        masks = criterion_masks(work, pruner=criterion.pruner, config_list=config_list)
+        masks = criterion_masks(work, pruner=pruner, config_list=config_list)
     except ConfigError as exc:
         raise ConfigError([f"{where}.{p}" for p in exc.problems]) from None
     if within is None:
@@ -206,31 +169,23 @@ def rewind_epoch(value: str | None) -> int | None:
     return int(match.group(2)) if match.group(2) else 0
 
 
-class TicketHooks(TrainingHooks):
+class TicketHooks(MaskHooks):
     """Training hooks of a ticket: keep `masks` in force (weights and momentum re-zeroed after every
-    step; None = dense) and take a snapshot of the whole state (BN statistics included) at the end of
-    epoch `snapshot_epoch` (0 = the starting weights) for rewinding. A snapshot of a later epoch is part
-    of the progress state, so it survives a resume; the starting weights are rebuilt by the stage.
+    step, through MaskHooks' cached enforcer; None = dense) and take a snapshot of the whole state (BN
+    statistics included) at the end of epoch `snapshot_epoch` (0 = the starting weights) for rewinding.
+    A snapshot of a later epoch is part of the progress state, so it survives a resume; the starting
+    weights are rebuilt by the stage.
     """
 
     def __init__(self, masks: MaskSet | None = None, snapshot_epoch: int | None = None):
-        self.masks = masks
+        super().__init__(masks)
         self.snapshot_epoch = snapshot_epoch
         self.snapshot: dict[str, torch.Tensor] | None = None
 
     def on_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        self.model, self.optimizer = model, optimizer
         if self.snapshot_epoch == 0:
-            self.snapshot = cpu_state(model)
-        if self.masks is not None:
-            self.masks.apply_(model)
-
-    def after_step(self, step: int) -> None:
-        if self.masks is not None:
-            self.masks.enforce_(self.model, self.optimizer)
-
-    def densities(self) -> dict[str, float] | None:
-        return self.masks.layer_densities() if self.masks is not None else None
+            self.snapshot = cpu_state(model)  # before the mask: the starting weights as they were
+        super().on_start(model, optimizer)
 
     def end_epoch(self, epoch: int, row: dict) -> bool:
         if self.masks is not None:

@@ -28,6 +28,7 @@ from pipeline.data import DataSplits, num_batches, train_batches
 from pipeline.metrics.evaluation import evaluate, select_best, summarize_history
 from pipeline.engine.schema import StrictModel
 from pipeline.engine.seeding import eval_attack_seed
+from pipeline.train.hooks import TrainingHooks, cpu_state  # noqa: F401  (re-exported)
 from pipeline.train.step import adversarial_train_step
 
 
@@ -121,41 +122,6 @@ class TrainingConfig(StrictModel):
         return self
 
 
-class TrainingHooks:
-    """Override what you need. State returned by state_dict() is saved with the progress.
-
-    `step` is the global optimizer-step index within the stage (0-based), identical after a resume.
-    """
-
-    def on_start(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        pass
-
-    def after_backward(self, step: int) -> None:
-        """Dense gradients of the effective weights are in `.grad` here (RigL-style growth reads them)."""
-
-    def after_step(self, step: int) -> bool | None:
-        """Right after optimizer.step(). Return True when the per-layer densities changed (FLOPs accounting)."""
-        return None
-
-    def densities(self) -> dict[str, float] | None:
-        """Current kept fraction per weight name (as in model.named_parameters()); None = dense."""
-        return None
-
-    def dense_grad_step(self, step: int) -> bool:
-        """True when this step needed a dense weight gradient (gradient-based growth), for training FLOPs."""
-        return False
-
-    def end_epoch(self, epoch: int, row: dict) -> bool:
-        """Called after evaluation with the epoch's history row (it may add keys). Return True to stop."""
-        return False
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
 @dataclass
 class TrainResult:
     history: list[dict]
@@ -172,11 +138,6 @@ class TrainResult:
 
     def chosen_state(self, select: str) -> dict:
         return self.best_state if select == "best" and self.best_state is not None else self.final_state
-
-
-def cpu_state(model: torch.nn.Module) -> dict:
-    """A detached CPU copy of the model's state (weights and BN statistics)."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,

@@ -1,22 +1,26 @@
 """Dynamic sparse training (Flying Bird, Flying Bird+, SET, RigL, MEST, GraNet) for the `rewire` stage.
 
-`config` (the `sparsity:` block, presets underneath), `schedule` (when, what fraction), `core` (the
-prune-and-grow base: how much per layer and which entries), `methods` (the six registered presets),
-`state` (everything that changes, one object), `enforce` (masks kept in force each step), `hooks`
-(the training-loop plug).
+`registry` (methods by name, the built-ins loaded on first use), `config` (the common `sparsity:` knobs,
+presets underneath), `schedule` (when, what fraction), `core` (the prune-and-grow base: how much per
+layer and which entries), `methods` (the six registered presets, each with its own settings and extra
+state), `state` (everything that changes, one object), `hooks` (the training-loop plug; masks are kept
+in force by `pipeline.sparsity.masks.MaskEnforcer`).
 """
 from __future__ import annotations
 
-from pipeline.sparsity.dst.config import AdaptiveConfig, GradualConfig, MemoryBoundConfig, SparsityConfig, fill_from_preset, resolve_sparsity
-from pipeline.sparsity.dst.core import METHODS, DynamicSparsity, Layer, register, select_drop_grow
-from pipeline.sparsity.masks import MaskEnforcer
+from pipeline.sparsity.dst.config import (SparsityConfig, any_settings_model, fill_from_preset, resolve_sparsity,
+                                          validate_sparsity)
+from pipeline.sparsity.dst.core import DynamicSparsity, Layer, select_drop_grow
 from pipeline.sparsity.dst.hooks import RewireHooks
-from pipeline.sparsity.dst.methods import build_method, fbp_signals
+from pipeline.sparsity.dst.methods import (AdaptiveConfig, GradualConfig, MemoryBoundConfig, build_method,
+                                           fbp_signals)
+from pipeline.sparsity.dst.registry import METHODS, register
 from pipeline.sparsity.dst.schedule import Schedule, cubic_density
 from pipeline.sparsity.dst.state import DSTState
+from pipeline.sparsity.masks import MaskEnforcer
 
 __all__ = [
     "AdaptiveConfig", "DSTState", "DynamicSparsity", "GradualConfig", "Layer", "METHODS", "MaskEnforcer",
-    "MemoryBoundConfig", "RewireHooks", "Schedule", "SparsityConfig", "build_method", "cubic_density", "fbp_signals",
-    "fill_from_preset", "register", "resolve_sparsity", "select_drop_grow",
+    "MemoryBoundConfig", "RewireHooks", "any_settings_model", "Schedule", "SparsityConfig", "build_method", "cubic_density", "fbp_signals",
+    "fill_from_preset", "register", "resolve_sparsity", "select_drop_grow", "validate_sparsity",
 ]

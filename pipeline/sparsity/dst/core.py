@@ -4,8 +4,9 @@ The base class `DynamicSparsity` drops the smallest-|w| active weights of each l
 new ones (random, or largest dense |grad| of the last batch), so every layer keeps its count exactly.
 "When" and "what fraction" come from `Schedule`; "how much per layer" from `plan`; "which entries"
 from `drop_scores` / `grow_scores` and the exact top-k selector. A method overrides only what differs:
-Flying Bird+ its `plan`, MEST and GraNet their `on_step` (see `methods`). Register a new one with
-`@register("name")`; `preset(epochs)` gives the values its `sparsity:` block defaults to.
+Flying Bird+ its `plan` and `end_epoch`, MEST and GraNet their `on_step` (see `methods`). Register a new
+one with `@register("name")`; `preset(epochs)` gives the values its `sparsity:` block defaults to,
+`Settings` its own knobs and `initial_extra` its own resumable state.
 
 Grown weights start at 0 with optimizer state 0; dropped weights are zeroed with their optimizer state.
 Random growth draws from a CPU generator derived from (seed, step, layer), so topologies do not depend
@@ -26,21 +27,9 @@ from pipeline.sparsity.masks import MaskSet, prunable_params
 from pipeline.engine.seeding import Stream, derived_generator
 from pipeline.sparsity.select import random_mask, topk_mask
 from pipeline.sparsity.dst.config import SparsityConfig
+from pipeline.sparsity.dst.registry import METHODS, register  # noqa: F401  (re-exported)
 from pipeline.sparsity.dst.schedule import Schedule
 from pipeline.sparsity.dst.state import DSTState
-
-METHODS: dict[str, type[DynamicSparsity]] = {}
-
-
-def register(name: str):
-    def decorate(cls: type[DynamicSparsity]) -> type[DynamicSparsity]:
-        if name in METHODS:
-            raise ValueError(f"sparsity method {name!r} is already registered")
-        cls.name = name
-        METHODS[name] = cls
-        return cls
-    return decorate
-
 
 @dataclass
 class Layer:
@@ -89,37 +78,64 @@ def select_drop_grow(mask: Tensor, n_drop: int, n_grow: int, drop_scores: Tensor
 
 
 class DynamicSparsity:
-    """Prune-and-grow with per-layer counts conserved exactly (SET / RigL / Flying Bird core)."""
+    """Prune-and-grow with per-layer counts conserved exactly (SET / RigL / Flying Bird core).
+
+    A method declares what it adds, never edits shared classes: `Settings` (its `sparsity:` block: the
+    common knobs plus its own sub-block), `initial_extra()` (its own resumable state, kept in
+    `DSTState.extra`) and `end_epoch` (per-epoch signals and history-row keys).
+    """
 
     name: ClassVar[str] = ""
-    extensions: ClassVar[frozenset[str]] = frozenset()  # sparsity sub-blocks this method reads
+    Settings: ClassVar[type[SparsityConfig]] = SparsityConfig
+    # `sparsity:` overrides that make a tiny test run (2 epochs of 4 steps) rewire a few times; the
+    # tests run every registered method with it, so a method without one fails them
+    example: ClassVar[dict[str, Any] | None] = None
 
     @classmethod
     def preset(cls, epochs: int) -> dict[str, Any]:
         raise NotImplementedError
 
+    @classmethod
+    def check(cls, settings: SparsityConfig, density: float) -> None:
+        """Raise ValueError when the settings cannot reach `density` (run at config validation too)."""
+
     def __init__(self, settings: SparsityConfig, density: float, schedule: Schedule, *, seed: int):
         if not 0.0 < density <= 1.0:
             raise ValueError(f"density must be in (0, 1], got {density}")
-        self.s, self.density, self.schedule, self.seed = settings, density, schedule, seed
-        self.frozen: frozenset[str] = frozenset()
+        if not isinstance(settings, self.Settings):
+            raise TypeError(f"{self.name} needs {self.Settings.__name__} settings, got {type(settings).__name__}")
+        self.check(settings, density)
+        self.settings, self.density, self.schedule, self.seed = settings, density, schedule, seed
 
     # -- start ------------------------------------------------------------------------------------
     @property
     def initial_density(self) -> float:
         return self.density
 
-    def initial_masks(self, model: nn.Module) -> MaskSet:
-        """Per-layer counts from the allocator (exact global count), positions random under the seed
-        or by magnitude. Sets `frozen` (dense_first / dense_last layers)."""
+    def initial_extra(self) -> dict[str, Any]:
+        """The method's own state at the start (plain values or tensors: it is saved weights-only)."""
+        return {}
+
+    def dense_layers(self, model: nn.Module) -> frozenset[str]:
+        """Masked weights never rewired and kept dense (dense_first / dense_last)."""
+        s = self.settings
         params = prunable_params(model)
-        sparse = prunable_params(model, dense_first=self.s.dense_first, dense_last=self.s.dense_last)
-        self.frozen = frozenset(params) - frozenset(sparse)
+        return frozenset(params) - frozenset(prunable_params(model, dense_first=s.dense_first, dense_last=s.dense_last))
+
+    def start(self, model: nn.Module) -> DSTState:
+        """The state at step 0: initial masks, the dense layers and the method's own extra state."""
+        frozen = self.dense_layers(model)
+        return DSTState.start(self.initial_masks(model, frozen), frozen=frozen, extra=self.initial_extra())
+
+    def initial_masks(self, model: nn.Module, frozen: frozenset[str] = frozenset()) -> MaskSet:
+        """Per-layer counts from the allocator (exact global count, `frozen` layers dense), positions
+        random under the seed or by magnitude."""
+        params = prunable_params(model)
         shapes = {n: tuple(p.shape) for n, p in params.items()}
-        counts = get_allocator(self.s.init, where="sparsity.init")(shapes, self.initial_density, dense=self.frozen)
+        counts = get_allocator(self.settings.init, where="sparsity.init")(shapes, self.initial_density, dense=frozen)
         masks = {}
         for i, (name, p) in enumerate(params.items()):
-            if self.s.init_positions == "magnitude":
+            if self.settings.init_positions == "magnitude":
                 masks[name] = topk_mask(p.detach().abs(), counts[name])
             else:
                 masks[name] = random_mask(p.shape, counts[name], derived_generator(self.seed, Stream.DST_INIT, i)).to(p.device)
@@ -130,7 +146,7 @@ class DynamicSparsity:
         return layer.param.detach().abs()
 
     def grow_scores(self, layer: Layer, grad: Tensor | None, step: int) -> Tensor:
-        if self.s.grow == "gradient":
+        if self.settings.grow == "gradient":
             if grad is None:
                 raise RuntimeError(f"gradient growth at step {step} but no gradient was kept for {layer.name}")
             return grad.abs()
@@ -143,7 +159,7 @@ class DynamicSparsity:
 
     def needs_gradient(self, step: int) -> bool:
         """True when this step's growth reads the dense gradient (kept in after_backward; charged as FLOPs)."""
-        return self.s.grow == "gradient" and self.grows_at(step)
+        return self.settings.grow == "gradient" and self.grows_at(step)
 
     # -- how much ---------------------------------------------------------------------------------
     def rewirable(self, layers: list[Layer], active: Mapping[str, int]) -> list[Layer]:
@@ -168,39 +184,54 @@ class DynamicSparsity:
         rate = self.schedule.drop_fraction_at(step)
         active = {l.name: l.active() for l in layers}
         counts, info = self.plan(step, state, layers, active, rate)
-        return [self.apply(step, state, layers, optimizer, grads, counts, event="prune_grow", rate=rate, info=info)]
+        return [self.apply_counts(step, state, layers, optimizer, grads, counts, event="prune_grow", rate=rate, info=info)]
 
-    def apply(self, step: int, state: DSTState, layers: list[Layer], optimizer: torch.optim.Optimizer | None,
-              grads: Mapping[str, Tensor] | None, counts: Mapping[str, tuple[int, int]], *, event: str,
-              rate: float | None, info: Mapping[str, Any] | None = None, retarget: bool = True,
-              kept_masks: Mapping[str, Tensor] | None = None) -> dict[str, Any]:
-        """Carry out one event: per layer drop/grow the planned counts (or keep `kept_masks`), zero the
-        weights and optimizer state outside the survivors, update the masks in place, log."""
+    def apply_counts(self, step: int, state: DSTState, layers: list[Layer], optimizer: torch.optim.Optimizer | None,
+                     grads: Mapping[str, Tensor] | None, counts: Mapping[str, tuple[int, int]], *, event: str,
+                     rate: float | None, info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """One event given per-layer (n_drop, n_grow): drop the lowest `drop_scores` among the active
+        entries, grow the highest `grow_scores` outside the survivors."""
+        new_masks = {}
+        for layer in layers:
+            n_drop, n_grow = counts.get(layer.name, (0, 0))
+            if n_drop or n_grow:
+                grow = self.grow_scores(layer, (grads or {}).get(layer.name), step) if n_grow else None
+                kept, grown = select_drop_grow(layer.mask, n_drop, n_grow, self.drop_scores(layer), grow)
+                new_masks[layer.name] = (kept, kept | grown, n_drop, n_grow)
+        return self._commit(step, state, layers, optimizer, new_masks, event=event, rate=rate, info=info)
+
+    def apply_masks(self, step: int, state: DSTState, layers: list[Layer], optimizer: torch.optim.Optimizer | None,
+                    kept: Mapping[str, Tensor], *, event: str, info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """One pruning event given the surviving entries of some layers (a subset of their masks)."""
+        new_masks = {}
+        for layer in layers:
+            if layer.name in kept:
+                mask = kept[layer.name]
+                new_masks[layer.name] = (mask, mask, layer.active() - int(torch.count_nonzero(mask)), 0)
+        return self._commit(step, state, layers, optimizer, new_masks, event=event, rate=None, info=info)
+
+    def _commit(self, step: int, state: DSTState, layers: list[Layer], optimizer: torch.optim.Optimizer | None,
+                new_masks: Mapping[str, tuple[Tensor, Tensor, int, int]], *, event: str, rate: float | None,
+                info: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Every topology change passes here: zero the weights and optimizer state outside the survivors,
+        write the new masks in place, set the per-layer targets to the new counts, log the event."""
         dropped = grown = changed = 0
         layer_changed = {}
         counts_now = {}
         for layer in layers:
             n_active = layer.active()
-            n_drop, n_grow = counts.get(layer.name, (0, 0))
-            if kept_masks is not None and layer.name in kept_masks:
-                kept, new = kept_masks[layer.name], None
-                n_drop, n_grow = n_active - int(torch.count_nonzero(kept)), 0
-            elif n_drop or n_grow:
-                kept, new = select_drop_grow(layer.mask, n_drop, n_grow, self.drop_scores(layer),
-                                             self.grow_scores(layer, (grads or {}).get(layer.name), step) if n_grow else None)
-            else:
+            if layer.name not in new_masks:
                 counts_now[layer.name] = n_active
                 continue
+            kept, after, n_drop, n_grow = new_masks[layer.name]
             _zero_outside_(layer.param, kept, optimizer)
-            after = kept if new is None else kept | new
             flips = int(torch.count_nonzero(after ^ layer.mask))
             layer.mask.copy_(after)
             state.ever_active[layer.name].logical_or_(after)
             counts_now[layer.name] = n_active - n_drop + n_grow
             dropped, grown, changed = dropped + n_drop, grown + n_grow, changed + flips
             layer_changed[layer.name] = flips
-        if retarget:
-            state.targets = dict(counts_now)
+        state.targets = dict(counts_now)
         total = sum(l.size for l in layers)
         state.events += 1
         state.changed_total += changed
@@ -214,8 +245,10 @@ class DynamicSparsity:
         state.log.append(entry)
         return entry
 
-    def epoch_row(self, state: DSTState, epoch: int) -> dict[str, Any]:
-        """Method-specific keys for the epoch's history row."""
+    # -- per epoch --------------------------------------------------------------------------------
+    def end_epoch(self, state: DSTState, epoch: int, row: Mapping[str, Any]) -> dict[str, Any]:
+        """Called once per epoch with its (evaluated) history row: update the method's own signals in
+        `state.extra` and return the keys it adds to the row."""
         return {}
 
 

@@ -1,9 +1,13 @@
-"""`RewireHooks`: plugs a dynamic sparsity method into `pipeline.train.loop.train`.
+"""`RewireHooks`: plugs a dynamic sparsity method into the shared training loop.
 
 Per step: after backward, keep the dense gradients when this step's growth reads them; after the
 optimizer step, re-zero masked weights and their momentum, then let the method rewire. Per epoch:
-feed the Flying Bird+ histories from the epoch row and add density, connections changed, the
-ever-active fraction and the method's signals to the row (history.jsonl, TensorBoard).
+track the best epoch's masks, add density, connections changed and the ever-active fraction to the
+row (history.jsonl, TensorBoard), and hand the row to the method's own `end_epoch` (Flying Bird+
+feeds its signal histories there).
+
+Every change of the masks (the start, each topology event, a restore on resume) goes through
+`masks_changed`, the one place that refreshes what depends on them.
 """
 from __future__ import annotations
 
@@ -11,11 +15,10 @@ from typing import Any
 
 import torch
 
-from pipeline.train.loop import TrainingHooks
-
-from pipeline.sparsity.masks import MaskEnforcer
-from pipeline.sparsity.dst.methods import DynamicSparsity, Layer
+from pipeline.sparsity.dst.core import DynamicSparsity, Layer
 from pipeline.sparsity.dst.state import DSTState
+from pipeline.sparsity.masks import MaskEnforcer
+from pipeline.train.hooks import TrainingHooks
 
 
 class RewireHooks(TrainingHooks):
@@ -33,11 +36,20 @@ class RewireHooks(TrainingHooks):
         missing = [n for n in self.state.masks if n not in params]
         if missing:
             raise ValueError(f"masks name weights the model does not have: {missing[:3]}")
-        self.layers = [Layer(n, i, params[n], self.state.masks[n], frozen=n in self.method.frozen)
+        self.layers = [Layer(n, i, params[n], self.state.masks[n], frozen=n in self.state.frozen)
                        for i, n in enumerate(self.state.masks)]
         self.optimizer = optimizer
         self.enforcer = MaskEnforcer([(l.param, l.mask) for l in self.layers], optimizer)
-        self.enforcer()
+        self.masks_changed("start")
+
+    def masks_changed(self, reason: str) -> None:
+        """The masks in `state` were just set ("start"), rewired by an event ("update") or restored
+        ("resume"): refresh the enforcer's cached pairs and the densities, and put the masks in force."""
+        self._densities = None
+        if self.enforcer is not None:
+            self.enforcer.refresh()
+            if reason == "start":
+                self.enforcer()
 
     def after_backward(self, step: int) -> None:
         if self.method.needs_gradient(step):
@@ -50,8 +62,7 @@ class RewireHooks(TrainingHooks):
         entries = self.method.on_step(step, self.state, self.layers, self.optimizer, self._grads)
         self._grads = None
         if entries:
-            self.enforcer.refresh()
-            self._densities = None
+            self.masks_changed("update")
         return bool(entries)
 
     def dense_grad_step(self, step: int) -> bool:
@@ -59,23 +70,19 @@ class RewireHooks(TrainingHooks):
 
     def densities(self) -> dict[str, float]:
         if self._densities is None:
-            self._densities = self.state.layer_densities()
+            self._densities = self.state.masks.layer_densities()
         return self._densities
 
     def end_epoch(self, epoch: int, row: dict) -> bool:
-        gap, loss = _signals_of(row)
-        if gap is not None and loss is not None:
-            self.state.gap_history.append(gap)
-            self.state.loss_history.append(loss)
         value = row.get(self.select_key)
         if value is not None and value > self.state.best_value:
             # train() kept this epoch's weights as the best; these are the masks that go with them
             self.state.best_value = value
             self.state.best_masks = self.state.masks.clone()
-        row.update({"density": self.state.density(), "sparsity_events": self.state.events,
+        row.update({"density": self.state.masks.density(), "sparsity_events": self.state.events,
                     "connections_changed": self.state.changed_epoch,
                     "ever_active": self.state.ever_active_fraction()})
-        row.update(self.method.epoch_row(self.state, epoch))
+        row.update(self.method.end_epoch(self.state, epoch, row))
         self.state.changed_epoch = 0
         return False
 
@@ -84,17 +91,4 @@ class RewireHooks(TrainingHooks):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.state.load_state_dict(state)
-        self._densities = None
-        if self.enforcer is not None:
-            self.enforcer.refresh()
-
-
-def _signals_of(row: dict) -> tuple[float | None, float | None]:
-    """(robust gap, val robust loss) of an evaluated epoch; the clean ones when RA is not measured."""
-    if "train_acc" not in row:
-        return None, None
-    if "val_ra" in row and "val_robust_loss" in row:
-        return row["train_acc"] - row["val_ra"], row["val_robust_loss"]
-    if "val_sa" in row and "val_loss" in row:
-        return row["train_acc"] - row["val_sa"], row["val_loss"]
-    return None, None
+        self.masks_changed("resume")

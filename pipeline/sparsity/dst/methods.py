@@ -7,7 +7,9 @@ import math
 from typing import Any
 
 import torch
+from pydantic import Field, model_validator
 
+from pipeline.engine.schema import StrictModel
 from pipeline.sparsity.select import topk_mask
 from pipeline.sparsity.dst.config import SparsityConfig
 from pipeline.sparsity.dst.core import METHODS, DynamicSparsity, Layer, register, select_drop_grow
@@ -20,7 +22,7 @@ def _common(**kw: Any) -> dict[str, Any]:
     base = {"init": "erk", "init_positions": "random", "dense_first": False, "dense_last": False,
             "update_every": 1000, "update_unit": "steps", "second_update_every": None, "second_after_epoch": None,
             "drop_fraction": 0.5, "drop_fraction_min": 0.005, "drop_decay": "cosine", "stop_fraction": None,
-            "grow": "random", "adaptive": None, "memory_bound": None, "gradual": None}
+            "grow": "random"}
     return {**base, **kw}
 
 
@@ -30,6 +32,8 @@ class FlyingBird(DynamicSparsity):
     IGQ allocation, random positions; every 900 steps (1200 in epochs > epochs/2) drop ceil(r * active)
     smallest |w| per layer and regrow as many at random; r cosine 0.5 -> 0.005 over all of training.
     Deviation: growth is exact-count (the reference's Bernoulli growth matches it only in expectation)."""
+
+    example = {"update_every": 2, "second_update_every": 3, "second_after_epoch": 0}
 
     @classmethod
     def preset(cls, epochs: int) -> dict[str, Any]:
@@ -55,6 +59,37 @@ def _scale_down(extra: dict[str, int], limit: int) -> dict[str, int]:
     return {n: (v * max(limit, 0)) // total for n, v in extra.items()}
 
 
+class AdaptiveConfig(StrictModel):
+    """Flying Bird+ (spec §3.5): extra pruning while the robust gap grows, extra growth while the val
+    robust loss stops falling. Signals come from the last `window` + 1 per-epoch values."""
+
+    start_epoch: int = Field(ge=0, description="0-based epoch from which the signals act (reference: 100 of 200)")
+    window: int = Field(ge=1, description="number of consecutive per-epoch differences looked at (reference: 4)")
+    prune_ratio: float = Field(ge=0, description="extra prune = ceil(drop_fraction * prune_ratio * active) per layer")
+    growth_ratio: float = Field(ge=0, description="regrowth = (1 + growth_ratio) x the normal count")
+    prune_threshold: float = Field(ge=0, le=1, description="extra prune when the fraction of rising gaps >= this")
+    grow_threshold: float = Field(ge=0, le=1, description="extra growth when the fraction of non-falling losses >= this")
+    min_density: float = Field(ge=0, le=1, description="global density floor for extra pruning (reference: none = 0)")
+    max_density: float = Field(ge=0, le=1, description="global density ceiling for extra growth (reference: none = 1)")
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.min_density > self.max_density:
+            raise ValueError(f"min_density: {self.min_density} is above max_density {self.max_density}")
+        return self
+
+
+def _signals_of(row: dict) -> tuple[float | None, float | None]:
+    """(robust gap, val robust loss) of an evaluated epoch; the clean ones when RA is not measured."""
+    if "train_acc" not in row:
+        return None, None
+    if "val_ra" in row and "val_robust_loss" in row:
+        return row["train_acc"] - row["val_ra"], row["val_robust_loss"]
+    if "val_sa" in row and "val_loss" in row:
+        return row["train_acc"] - row["val_sa"], row["val_loss"]
+    return None, None
+
+
 @register("flying_bird_plus")
 class FlyingBirdPlus(FlyingBird):
     """Flying Bird+ (Chen et al., "Sparsity Winning Twice", ICLR 2022; spec §3.5): Flying Bird plus adaptive density from epoch 100 on. At each
@@ -63,7 +98,11 @@ class FlyingBirdPlus(FlyingBird):
     not falls, regrow round((1 + 0.05) * count). Density floor/ceiling (ours; the reference has none)
     cap the extra pruning and growth so the global density stays within [min_density, max_density]."""
 
-    extensions = frozenset({"adaptive"})
+    class Settings(SparsityConfig):
+        adaptive: AdaptiveConfig = Field(description="Flying Bird+'s adaptive density signals")
+
+    example = {"update_every": 2, "second_update_every": None, "second_after_epoch": None,
+               "adaptive": {"start_epoch": 1, "window": 1, "prune_threshold": 0.0, "grow_threshold": 0.0}}
 
     @classmethod
     def preset(cls, epochs: int) -> dict[str, Any]:
@@ -74,8 +113,8 @@ class FlyingBirdPlus(FlyingBird):
 
     def plan(self, step, state, layers, active, rate):
         counts, _ = super().plan(step, state, layers, active, rate)
-        a = self.s.adaptive
-        signals = fbp_signals(state.gap_history, state.loss_history, a.window)
+        a = self.settings.adaptive
+        signals = fbp_signals(state.extra["gap_history"], state.extra["loss_history"], a.window)
         info: dict[str, Any] = {"prune_signal": None, "grow_signal": None, "adaptive": False,
                                 "extra_pruned": 0, "extra_grown": 0}
         if signals is None or self.schedule.epoch_of(step) < a.start_epoch:
@@ -99,9 +138,17 @@ class FlyingBirdPlus(FlyingBird):
         info.update(extra_pruned=sum(extra_drop.values()), extra_grown=sum(extra_grow.values()))
         return {n: (k + extra_drop[n], g + extra_grow[n]) for n, (k, g) in counts.items()}, info
 
-    def epoch_row(self, state, epoch):
-        a = self.s.adaptive
-        signals = fbp_signals(state.gap_history, state.loss_history, a.window)
+    def initial_extra(self) -> dict[str, Any]:
+        # train acc - val RA and val robust loss, one per evaluated epoch
+        return {"gap_history": [], "loss_history": []}
+
+    def end_epoch(self, state, epoch, row):
+        gap, loss = _signals_of(row)
+        if gap is not None and loss is not None:
+            state.extra["gap_history"].append(gap)
+            state.extra["loss_history"].append(loss)
+        a = self.settings.adaptive
+        signals = fbp_signals(state.extra["gap_history"], state.extra["loss_history"], a.window)
         row = {"fbp_active": epoch >= a.start_epoch and signals is not None}
         if signals is not None:
             row["fbp_prune_signal"], row["fbp_grow_signal"] = signals
@@ -112,6 +159,8 @@ class FlyingBirdPlus(FlyingBird):
 class SET(DynamicSparsity):
     """SET (Mocanu et al., Nature Communications 2018): Erdős–Rényi allocation, once per epoch drop the
     fraction zeta = 0.3 of smallest-|w| weights per layer and regrow as many at random; constant rate."""
+
+    example = {}  # once per epoch
 
     @classmethod
     def preset(cls, epochs: int) -> dict[str, Any]:
@@ -125,10 +174,19 @@ class RigL(DynamicSparsity):
     with the largest dense |grad| of the last batch; alpha = 0.3 cosine-decayed to 0 at T_end = 75% of
     training, no updates after it. SET with the grow criterion swapped (`grow: gradient`)."""
 
+    example = {"update_every": 2}  # T_end = 75%: updates after steps 1, 3, 5 of 8
+
     @classmethod
     def preset(cls, epochs: int) -> dict[str, Any]:
         return _common(update_every=100, drop_fraction=0.3, drop_fraction_min=0.0, stop_fraction=0.75,
                        grow="gradient")
+
+
+class MemoryBoundConfig(StrictModel):
+    """MEST soft memory bound: grow first (density rises above target), prune back after a while."""
+
+    bound: float = Field(gt=0, le=1, description="growth per update is at most this fraction of the layer's target count")
+    prune_after: float = Field(gt=0, lt=1, description="fraction of the update interval the grown weights train before the prune-back")
 
 
 @register("mest")
@@ -140,29 +198,36 @@ class MEST(DynamicSparsity):
     `grow: gradient` gives MEST_g). Schedule: the unified framework's ERK, 1000 steps, r 0.5 cosine.
     A grow phase is not started when its prune-back would fall after the last step."""
 
-    extensions = frozenset({"memory_bound"})
+    class Settings(SparsityConfig):
+        memory_bound: MemoryBoundConfig = Field(description="MEST's soft memory bound")
+
+    example = {"update_every": 2}
 
     @classmethod
     def preset(cls, epochs: int) -> dict[str, Any]:
         return _common(memory_bound={"bound": 0.1, "prune_after": 0.5})
 
+    def initial_extra(self) -> dict[str, Any]:
+        return {"prune_back_at": None}  # step after which the grown weights are pruned back
+
     def _wait(self, step: int) -> int:
-        return max(1, round(self.s.memory_bound.prune_after * self.schedule.interval(step)))
+        return max(1, round(self.settings.memory_bound.prune_after * self.schedule.interval(step)))
 
     def grows_at(self, step: int) -> bool:
         return self.schedule.is_update(step) and step + self._wait(step) <= self.schedule.total_steps - 1
 
     def on_step(self, step, state, layers, optimizer, grads):
-        entries = []
-        if state.prune_back_at is not None and step >= state.prune_back_at:
+        entries, extra = [], state.extra
+        if extra["prune_back_at"] is not None and step >= extra["prune_back_at"]:
             active = {l.name: l.active() for l in layers}
             counts = {l.name: (active[l.name] - state.targets[l.name], 0) for l in layers
                       if active[l.name] > state.targets[l.name]}
-            state.prune_back_at = None
-            entries.append(self.apply(step, state, layers, optimizer, grads, counts, event="prune_back", rate=None))
+            extra["prune_back_at"] = None
+            entries.append(self.apply_counts(step, state, layers, optimizer, grads, counts, event="prune_back",
+                                             rate=None))
         if self.grows_at(step):
             rate = self.schedule.drop_fraction_at(step)
-            bound = self.s.memory_bound.bound
+            bound = self.settings.memory_bound.bound
             active = {l.name: l.active() for l in layers}
             counts = {}
             for layer in self.rewirable(layers, active):
@@ -170,10 +235,26 @@ class MEST(DynamicSparsity):
                 g = min(math.ceil(rate * target), math.floor(bound * target), layer.size - active[layer.name])
                 if g > 0:
                     counts[layer.name] = (0, g)
-            state.prune_back_at = step + self._wait(step)
-            entries.append(self.apply(step, state, layers, optimizer, grads, counts, event="grow", rate=rate,
-                                      retarget=False, info={"prune_back_at": state.prune_back_at}))
+            extra["prune_back_at"] = step + self._wait(step)
+            targets = state.targets  # the grown weights sit above target until the prune-back
+            entries.append(self.apply_counts(step, state, layers, optimizer, grads, counts, event="grow", rate=rate,
+                                             info={"prune_back_at": extra["prune_back_at"]}))
+            state.targets = targets
         return entries
+
+
+class GradualConfig(StrictModel):
+    """GraNet: cubic global magnitude pruning from `initial_density` down to `density`, with regeneration."""
+
+    initial_density: float = Field(gt=0, le=1, description="density at the start (>= the stage's density)")
+    start_fraction: float = Field(ge=0, lt=1, description="fraction of training where gradual pruning starts")
+    end_fraction: float = Field(gt=0, le=1, description="fraction of training where the target density is reached")
+
+    @model_validator(mode="after")
+    def _window(self):
+        if self.end_fraction <= self.start_fraction:
+            raise ValueError(f"end_fraction: {self.end_fraction} must be above start_fraction {self.start_fraction}")
+        return self
 
 
 @register("granet")
@@ -185,26 +266,32 @@ class GraNet(DynamicSparsity):
     `grow: gradient`; random gives GraNet_r). Reference code defaults: 1000 steps, r 0.5 cosine; the
     DST-vs-dense study starts at density 0.8 (landscape §A). t1 = half of training is our default."""
 
-    extensions = frozenset({"gradual"})
+    class Settings(SparsityConfig):
+        gradual: GradualConfig = Field(description="GraNet's gradual pruning schedule")
+
+    example = {"update_every": 2, "gradual": {"initial_density": 0.8, "end_fraction": 0.5}}
 
     @classmethod
     def preset(cls, epochs: int) -> dict[str, Any]:
         return _common(grow="gradient",
                        gradual={"initial_density": 0.8, "start_fraction": 0.0, "end_fraction": 0.5})
 
+    @classmethod
+    def check(cls, settings, density):
+        if settings.gradual.initial_density < density:
+            raise ValueError(f"gradual.initial_density {settings.gradual.initial_density} is below density "
+                             f"{density}; GraNet prunes down to the target, it never grows up to it")
+
     def __init__(self, settings, density, schedule, *, seed):
         super().__init__(settings, density, schedule, seed=seed)
         g = settings.gradual
-        if g.initial_density < density:
-            raise ValueError(f"sparsity.gradual.initial_density ({g.initial_density}) is below density ({density}); "
-                             "GraNet prunes down to the target, it never grows up to it")
         total = schedule.total_steps
         self.t0 = math.floor(g.start_fraction * total)
         self.t1 = max(self.t0 + 1, min(total, round(g.end_fraction * total)))
 
     @property
     def initial_density(self) -> float:
-        return self.s.gradual.initial_density
+        return self.settings.gradual.initial_density
 
     def prunes_at(self, step: int) -> bool:
         c = step + 1
@@ -235,13 +322,11 @@ class GraNet(DynamicSparsity):
         for l in free:
             kept[l.name] = flat[start:start + l.size].view(l.mask.shape)
             start += l.size
-        return self.apply(step, state, layers, optimizer, None, {}, event="gradual_prune", rate=None,
-                          kept_masks=kept, info={"target_density": d})
+        return self.apply_masks(step, state, layers, optimizer, kept, event="gradual_prune", info={"target_density": d})
 
 
 def build_method(name: str, settings: SparsityConfig, density: float, schedule: Schedule, *, seed: int) -> DynamicSparsity:
-    try:
-        cls = METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown sparsity method {name!r}; valid: {', '.join(sorted(METHODS))}") from None
+    cls = METHODS.get(name)
+    if cls is None:
+        raise ValueError(f"unknown sparsity method {name!r}; valid: {', '.join(METHODS)}")
     return cls(settings, density, schedule, seed=seed)

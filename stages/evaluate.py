@@ -157,6 +157,7 @@ def _min_limit(a: int | None, b: int | None) -> int | None:
 class Evaluate(Stage):
     Config = EvaluateConfig
     summary = "SA / RA (PGD via advertorch, AutoAttack), robust gap and overfitting at best and final, corruptions"
+    collective = True
 
     def run(self, ctx) -> None:
         cfg: EvaluateConfig = ctx.config

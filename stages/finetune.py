@@ -13,6 +13,7 @@ from pydantic import Field
 from pipeline.engine.seeding import Stream, derive_seed
 from pipeline.engine.errors import DataError
 from pipeline.engine.stage import Stage, StageConfig
+from pipeline.engine import distributed
 from pipeline.train.loop import TrainingConfig, TrainingHooks, save_trained, train
 from pipeline.models.transfer import (
     MODEL_DATA_KEY,
@@ -42,6 +43,7 @@ class KeepMasks(TrainingHooks):
         self.masks = masks
 
     def on_start(self, model, optimizer) -> None:
+        distributed.sync_masks(self.masks, "finetune: input masks")
         self.enforce = self.masks.enforcer(model, optimizer)
         self.enforce()
 
@@ -55,6 +57,7 @@ class KeepMasks(TrainingHooks):
 class Finetune(Stage):
     Config = FinetuneConfig
     summary = "PGD-AT / fast / clean fine-tuning of the input model, keeping its sparsity mask; optional transfer"
+    collective = True
 
     def run(self, ctx) -> None:
         cfg: FinetuneConfig = ctx.config

@@ -79,6 +79,7 @@ class Rewire(Stage):
     Config = RewireConfig
     input_mode = "optional"
     summary = "dynamic sparse training: flying_bird | flying_bird_plus | set | rigl | mest | granet"
+    collective = True
 
     def run(self, ctx) -> None:
         cfg: RewireConfig = ctx.config

@@ -23,6 +23,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
+from pipeline.engine import distributed
 from pipeline.engine.errors import CheckpointError, ConfigError
 from pipeline.engine.schema import StrictModel
 from pipeline.train.loop import TrainingHooks, cpu_state
@@ -133,10 +134,13 @@ def ticket_masks(model: nn.Module, criterion: CriterionConfig, density: float, *
                 raise ValueError("the taylor criterion needs training batches")
             params = taylor_scores(model, params, batches)
         try:
-            return global_magnitude_masks(params, density, within=within)
+            masks = global_magnitude_masks(params, density, within=within)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-    return _nni_masks(model, criterion, density, within, where)
+    else:
+        masks = _nni_masks(model, criterion, density, within, where)
+    distributed.sync_masks(masks, where)  # early-bird tickets, IMP rounds, OMP / random masks
+    return masks
 
 
 def criterion_batches(criterion: CriterionConfig, data, *, batch_size: int, seed: int, device) -> list | None:
@@ -223,6 +227,7 @@ class TicketHooks(TrainingHooks):
         if self.snapshot_epoch == 0:
             self.snapshot = cpu_state(model)
         if self.masks is not None:
+            distributed.sync_masks(self.masks, "ticket masks at the start of training")
             self.masks.apply_(model)
 
     def after_step(self, step: int) -> None:

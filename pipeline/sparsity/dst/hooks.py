@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from pipeline.engine import distributed
 from pipeline.train.loop import TrainingHooks
 
 from pipeline.sparsity.masks import MaskEnforcer
@@ -37,6 +38,7 @@ class RewireHooks(TrainingHooks):
                        for i, n in enumerate(self.state.masks)]
         self.optimizer = optimizer
         self.enforcer = MaskEnforcer([(l.param, l.mask) for l in self.layers], optimizer)
+        distributed.sync_masks(self.state.masks, f"{self.method.name}: initial masks")
         self.enforcer()
 
     def after_backward(self, step: int) -> None:
@@ -50,6 +52,7 @@ class RewireHooks(TrainingHooks):
         entries = self.method.on_step(step, self.state, self.layers, self.optimizer, self._grads)
         self._grads = None
         if entries:
+            distributed.sync_masks(self.state.masks, f"{self.method.name}: masks after the update at step {step}")
             self.enforcer.refresh()
             self._densities = None
         return bool(entries)
@@ -84,6 +87,7 @@ class RewireHooks(TrainingHooks):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.state.load_state_dict(state)
+        distributed.sync_masks(self.state.masks, f"{self.method.name}: masks restored from the progress")
         self._densities = None
         if self.enforcer is not None:
             self.enforcer.refresh()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -54,24 +53,35 @@ def max_diff(a: dict, b: dict) -> float:
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
 
 
-def test_two_processes_match_one_with_identical_masks(tmp_path):
-    stages = [{"name": "warmup", "type": "dense_warmup", "mode": "clean", **TRAIN},
-              {"name": "warmup_pgd", "type": "dense_warmup", "mode": "pgd", **TRAIN, "epochs": 1},
-              {"name": "rigl", "type": "rewire", "method": "rigl", "input": "warmup", "mode": "clean",
-               "density": 0.3, **TRAIN, "sparsity": {"update_every": 2}},
-              {"name": "fbp", "type": "rewire", "method": "flying_bird_plus", "input": None, "mode": "clean",
-               "density": 0.3, **TRAIN, "sparsity": FBP}]
-    path = write(tmp_path, stages)
-    one, two = tmp_path / "one", tmp_path / "two"
+STAGES = [{"name": "warmup", "type": "dense_warmup", "mode": "clean", **TRAIN},
+          {"name": "warmup_pgd", "type": "dense_warmup", "mode": "pgd", **TRAIN, "epochs": 1},
+          {"name": "rigl", "type": "rewire", "method": "rigl", "input": "warmup", "mode": "clean",
+           "density": 0.3, **TRAIN, "sparsity": {"update_every": 2}},
+          {"name": "fbp", "type": "rewire", "method": "flying_bird_plus", "input": None, "mode": "clean",
+           "density": 0.3, **TRAIN, "sparsity": FBP}]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same config run by one process and by torchrun with two."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    path = write(tmp, STAGES)
+    one, two = tmp / "one", tmp / "two"
     run_cli("run", str(path), "--run-dir", str(one), "-q", check=True)
     proc = torchrun("run", str(path), "--run-dir", str(two), "-q")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return one, two
+
+
+def test_two_processes_match_one_with_identical_masks(runs):
+    one, two = runs
     for stage in ("warmup", "warmup_pgd", "rigl", "fbp"):
         w1, w2 = load_file(one / stage / "model.safetensors"), load_file(two / stage / "model.safetensors")
         assert max_diff(w1, w2) < (PGD_TOL if stage == "warmup_pgd" else TOL), stage
         rec = json.loads((two / stage / "stage.json").read_text())
         assert rec["distributed"] == {"world_size": 2, "global_batch_size": 64, "per_rank_batch_size": 32,
                                       "backend": "gloo", "batch_norm": "global"}
+        assert "distributed" not in json.loads((one / stage / "stage.json").read_text())
         if stage in ("rigl", "fbp"):  # the topology decisions are the single process's, entry for entry
             m1, m2 = load_file(one / stage / "masks.safetensors"), load_file(two / stage / "masks.safetensors")
             assert all(torch.equal(m1[k], m2[k]) for k in m1), stage
@@ -86,17 +96,18 @@ def test_two_processes_match_one_with_identical_masks(tmp_path):
     assert not list(two.glob("**/progress")) and (two / "run.log").exists()
 
 
-def test_kill_one_rank_then_resume_and_wrong_world_size(tmp_path):
-    path = write(tmp_path, [{"name": "warmup", "type": "dense_warmup", "mode": "clean", **TRAIN, "epochs": 3,
-                             "progress_every_steps": 4}], seed=6)
-    one, cut = tmp_path / "one", tmp_path / "cut"
-    run_cli("run", str(path), "--run-dir", str(one), "-q", check=True)
-    # rank 1 SIGKILLs itself after step 10; torchrun stops rank 0 (blocked on it) and fails the job
+def test_kill_one_rank_then_resume_and_wrong_world_size(runs, tmp_path):
+    one, _ = runs
+    # the warmup stage alone, saving progress every 2 steps (not fingerprinted: `one` is its reference)
+    warmup = {**STAGES[0], "progress_every_steps": 2}
+    path = write(tmp_path, [warmup])
+    cut = tmp_path / "cut"
+    # rank 1 SIGKILLs itself after step 7; rank 0's next collective fails at once and torchrun stops the job
     killed = torchrun("run", str(path), "--run-dir", str(cut), "-q",
-                      env={"PIPELINE_FAULT_AFTER_STEPS": "10", "PIPELINE_FAULT_RANK": "1"})
+                      env={"PIPELINE_FAULT_AFTER_STEPS": "7", "PIPELINE_FAULT_RANK": "1"})
     assert killed.returncode != 0
     manifest = json.loads((cut / "warmup" / "progress" / "manifest.json").read_text())
-    assert manifest["step"] == 8
+    assert manifest["step"] == 6
 
     wrong = run_cli("run", str(path), "--run-dir", str(cut), "-q")
     assert wrong.returncode == 6, wrong.stderr
@@ -109,12 +120,18 @@ def test_kill_one_rank_then_resume_and_wrong_world_size(tmp_path):
                     load_file(cut / "warmup" / "model.safetensors")) < TOL
 
 
-def test_batch_size_must_divide_across_ranks(tmp_path):
-    path = write(tmp_path, [{"name": "warmup", "type": "dense_warmup", "mode": "clean", **TRAIN,
-                             "batch_size": 63}])
-    proc = torchrun("run", str(path), "--run-dir", str(tmp_path / "run"), "-q")
-    assert proc.returncode != 0
-    assert "stages.warmup.batch_size: 63 (global) does not divide across 2 processes" in proc.stderr
+def test_global_batch_must_divide_across_ranks(monkeypatch):
+    from pipeline.engine import distributed
+    from pipeline.engine.errors import ConfigError
+
+    monkeypatch.setattr(distributed, "_world", distributed.World(0, 2, 0))
+    distributed.check_batch_size(64, 1000, False, "stages.warmup")
+    with pytest.raises(ConfigError, match=r"stages.warmup.batch_size: 63 \(global\) does not divide across 2"):
+        distributed.check_batch_size(63, 1000, False, "stages.warmup")
+    with pytest.raises(ConfigError, match="last batch of an epoch has 1 image"):
+        distributed.check_batch_size(64, 129, False, "stages.warmup")
+    distributed.check_batch_size(64, 129, True, "stages.warmup")
+    assert [distributed.shard(5, r, 2) for r in (0, 1)] == [(0, 3), (3, 5)]
 
 
 def _mismatch_worker(rank: int, port: int, out: str) -> None:

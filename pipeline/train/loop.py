@@ -24,7 +24,7 @@ from pipeline.engine import distributed, store
 from pipeline.metrics.flops import FLOPS_CONVENTION, TrainingFlopsMeter, count_macs, inference_flops
 from pipeline.metrics.attacks import AttackConfig, make_train_attack
 from pipeline.engine.errors import ConfigError
-from pipeline.data import DataSplits, num_batches, train_batches
+from pipeline.data import DataSplits, num_batches, training_batches
 from pipeline.metrics.evaluation import evaluate, select_best, summarize_history
 from pipeline.engine.schema import StrictModel
 from pipeline.engine.seeding import eval_attack_seed
@@ -255,10 +255,9 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
             correct_acc = torch.zeros((), device=device, dtype=torch.long)
             n_acc = 0
             with ctx.console.bar(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", initial=step_in_epoch) as bbar:
-                batches = train_batches(data.train_x, data.train_y, batch_size=cfg.batch_size, seed=ctx.seed,
-                                        epoch=epoch, augment=data.augment, crop_padding=data.crop_padding,
-                                        device=device, start_batch=step_in_epoch, drop_last=cfg.drop_last,
-                                        shard=dtrain.shard_spec())
+                batches = training_batches(data, batch_size=cfg.batch_size, seed=ctx.seed, epoch=epoch,
+                                           device=device, start_batch=step_in_epoch, drop_last=cfg.drop_last,
+                                           shard=dtrain.shard_spec())
                 for x, y in batches:
                     if step_in_epoch >= steps_per_epoch:
                         break

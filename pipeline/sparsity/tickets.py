@@ -150,6 +150,9 @@ def criterion_batches(criterion: CriterionConfig, data, *, batch_size: int, seed
         return None
     from pipeline.data import train_batches
 
+    if len(data.train_x) != len(data.train_y):  # streamed: the training images stay on disk
+        raise ConfigError(f"criterion.pruner: taylor scores in-memory training batches; {data.source} is "
+                          "streamed (data.stream); use global_magnitude or random")
     it = train_batches(data.train_x, data.train_y, batch_size=batch_size, seed=seed, epoch=-1, augment="none",
                        crop_padding=0, device=device)
     return [b for _, b in zip(range(criterion.taylor_batches), it)]

@@ -58,7 +58,10 @@ STAGES = [{"name": "warmup", "type": "dense_warmup", "mode": "clean", **TRAIN},
           {"name": "rigl", "type": "rewire", "method": "rigl", "input": "warmup", "mode": "clean",
            "density": 0.3, **TRAIN, "sparsity": {"update_every": 2}},
           {"name": "fbp", "type": "rewire", "method": "flying_bird_plus", "input": None, "mode": "clean",
-           "density": 0.3, **TRAIN, "sparsity": FBP}]
+           "density": 0.3, **TRAIN, "sparsity": FBP},
+          {"name": "evaluate", "type": "evaluate", "input": "fbp", "attack": {"steps": 2},
+           "train_limit": 40, "val_limit": 40, "test_limit": 40},
+          {"name": "export", "type": "export", "parity_samples": 16}]  # a rank-0-only stage
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +96,11 @@ def test_two_processes_match_one_with_identical_masks(runs):
     h2 = [json.loads(l) for l in (two / "fbp" / "history.jsonl").read_text().splitlines()]
     assert [r["val_sa"] for r in h1] == [r["val_sa"] for r in h2]  # evaluation is split, then summed
     assert [r["train_acc"] for r in h1] == [r["train_acc"] for r in h2]
+    e1, e2 = (json.loads((d / "evaluate" / "stage.json").read_text())["metrics"] for d in (one, two))
+    for split in ("train", "val", "test"):  # split across ranks, then summed
+        assert e1[f"{split}_sa"] == e2[f"{split}_sa"] and e2[f"{split}_n"] == 40
+        assert abs(e1[f"{split}_ra"] - e2[f"{split}_ra"]) <= 10.0  # per-rank attack starts: same distribution
+    assert (two / "export" / "model.onnx").exists()
     assert not list(two.glob("**/progress")) and (two / "run.log").exists()
 
 

@@ -162,7 +162,8 @@ class StageContext:
         key = data_cfg.model_dump_json()
         if key not in self._data_cache:
             self.log(f"loading dataset {data_cfg.dataset}")
-            self._data_cache[key] = load_dataset(data_cfg)
+            with distributed.rank_zero_first():  # one download / cache fill, then the others read it
+                self._data_cache[key] = load_dataset(data_cfg)
         return self._data_cache[key]
 
     def model_data_config(self):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import inspect
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -70,7 +71,8 @@ def init(settings, device: torch.device) -> torch.device:
         raise ConfigError("run.distributed.backend: nccl needs CUDA devices; use gloo on CPU")
     device = _local_device(device, world)
     timeout = datetime.timedelta(seconds=float(os.environ.get("PIPELINE_DIST_TIMEOUT_S") or settings.timeout_s))
-    kwargs = {"device_id": device} if backend == "nccl" else {}
+    accepted = inspect.signature(dist.init_process_group).parameters
+    kwargs = {"device_id": device} if backend == "nccl" and "device_id" in accepted else {}
     dist.init_process_group(backend=backend, timeout=timeout, **kwargs)
     _world = World(dist.get_rank(), dist.get_world_size(), world.local_rank)
     return device
@@ -138,6 +140,16 @@ def fault_injected_here() -> bool:
     """Test hook: PIPELINE_FAULT_RANK names the one rank the fault injection kills (default: every rank)."""
     wanted = os.environ.get("PIPELINE_FAULT_RANK")
     return wanted is None or wanted == str(rank())
+
+
+@contextlib.contextmanager
+def rank_zero_first() -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. a dataset download), the other ranks after it."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
 
 
 def barrier() -> None:

@@ -39,7 +39,9 @@ def stage_fingerprint(cfg: PipelineConfig, stage_cfg, input_output_fp: str | Non
     """Hash of everything that determines this stage's outputs: its config, the run's data/model/seed, its input."""
     return fingerprint_of({
         "stage": stage_cfg.model_dump(mode="json", exclude=_NOT_FINGERPRINTED_STAGE),
-        "data": cfg.data.model_dump(mode="json", exclude=_NOT_FINGERPRINTED_DATA),
+        # an unset `stream` is left out, so runs made before streaming existed keep their fingerprints
+        "data": cfg.data.model_dump(mode="json", exclude=_NOT_FINGERPRINTED_DATA | (
+            {"stream"} if getattr(cfg.data, "stream", None) is None else set())),
         "model": cfg.model.model_dump(mode="json"),
         "seed": cfg.run.seed,
         "input": input_output_fp,

@@ -48,6 +48,8 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and distributed.active()):
             return super().forward(x)
+        dtype = x.dtype
+        x = x.float()  # bf16 sums over a global batch would lose the statistics' precision
         dims = (0, 2, 3)
         count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
         totals = _SumOverRanks.apply(torch.cat([x.sum(dims), count]))
@@ -64,7 +66,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         out = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
         if self.affine:
             out = out * self.weight[None, :, None, None] + self.bias[None, :, None, None]
-        return out
+        return out.to(dtype)
 
 
 class DistributedTraining:

@@ -357,7 +357,7 @@ class _TensorBoard:
         self._failed = False
 
     def log(self, row: dict) -> None:
-        if self._failed:
+        if self._failed or not distributed.is_main():  # one writer under torchrun
             return
         if self._writer is None:
             try:

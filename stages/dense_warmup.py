@@ -13,6 +13,7 @@ class DenseWarmup(Stage):
     Config = DenseWarmupConfig
     input_mode = "optional"
     summary = "dense training (clean | fast | pgd) from scratch, or from `input`'s weights"
+    collective = True
 
     def run(self, ctx) -> None:
         cfg: DenseWarmupConfig = ctx.config

@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from pipeline.engine import distributed
 from pipeline.engine.errors import PipelineError, StageFailed
 from pipeline.engine.seeding import Stream
 from pipeline.metrics.flops import inference_record
@@ -60,6 +61,7 @@ class EarlyBirdHooks(TicketHooks):
     def end_epoch(self, epoch: int, row: dict) -> bool:
         super().end_epoch(epoch, row)
         masks = global_magnitude_masks(scope_params(self.model, scope=self.scope), self.density)
+        distributed.sync_masks(masks, f"early_bird: detection masks of epoch {epoch + 1}")
         fired = self.detector.update(masks, epoch=epoch + 1)
         entry = self.detector.curve[-1]
         row["eb_distance_previous"] = entry["previous"]
@@ -79,6 +81,7 @@ class EarlyBird(Stage):
     Config = EarlyBirdConfig
     input_mode = "optional"
     summary = "Robust Bird: train until the magnitude mask settles (early bird), then prune; from scratch or `input`"
+    collective = True
 
     def run(self, ctx) -> None:
         cfg: EarlyBirdConfig = ctx.config

@@ -24,7 +24,7 @@ from pipeline.metrics.attacks import AttackConfig
 from pipeline.metrics.autoattack import INSTALL_HINT, AutoAttackConfig, find_autoattack, missing_message, run_autoattack
 from pipeline.corruptions.benchmark import CorruptionConfig, evaluate_corruptions, generation_parameters
 from pipeline.corruptions.published import load_published
-from pipeline.engine.errors import PipelineError
+from pipeline.engine.errors import ConfigError, PipelineError
 from pipeline.metrics.evaluation import evaluate, robust_gap, summarize_history
 from pipeline.engine.stage import Stage, StageConfig
 
@@ -147,6 +147,9 @@ def _same_weights(holder) -> set[str]:
 
 def _split_data(data, split: str, cfg: EvaluateConfig):
     x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
+    if len(x) != len(y):  # a streamed dataset keeps its training images on disk (pipeline.data.streaming)
+        raise ConfigError(f"stages.{cfg.name}.splits: the {split} split of streamed data ({data.source}) is not "
+                          f"held in memory; evaluate val and test only (splits: [val, test])")
     return x, y, getattr(cfg, f"{split}_limit")
 
 
@@ -157,6 +160,7 @@ def _min_limit(a: int | None, b: int | None) -> int | None:
 class Evaluate(Stage):
     Config = EvaluateConfig
     summary = "SA / RA (PGD via advertorch, AutoAttack), robust gap and overfitting at best and final, corruptions"
+    collective = True
 
     def run(self, ctx) -> None:
         cfg: EvaluateConfig = ctx.config

@@ -39,6 +39,7 @@ class FinetuneConfig(StageConfig, TrainingConfig):
 class Finetune(Stage):
     Config = FinetuneConfig
     summary = "PGD-AT / fast / clean fine-tuning of the input model, keeping its sparsity mask; optional transfer"
+    collective = True
 
     def run(self, ctx) -> None:
         cfg: FinetuneConfig = ctx.config

@@ -110,6 +110,7 @@ class ImpConfig(StageConfig, TrainingConfig):
 class Imp(Stage):
     Config = ImpConfig
     summary = "Double-Win IMP with rewinding (a ticket per round), one-shot magnitude (OMP) and random-pruning baselines"
+    collective = True
 
     def run(self, ctx) -> None:
         cfg: ImpConfig = ctx.config

@@ -84,6 +84,7 @@ class Rewire(Stage):
     Config = RewireConfig
     input_mode = "optional"
     summary = "dynamic sparse training: " + " | ".join(METHODS)
+    collective = True
 
     def run(self, ctx) -> None:
         cfg: RewireConfig = ctx.config

@@ -14,6 +14,16 @@ from pipeline.data.config import DataConfig
 from pipeline.data.loading import AUTO_AUGMENT, load_dataset
 from pipeline.data.splits import KNOWN_STATS, DataSplits, channel_stats, split_val, subset_indices
 
+
+def training_batches(data: DataSplits, **kwargs):
+    """The epoch's training batches of `data`, in memory or streamed (same keywords as train_batches)."""
+    from pipeline.data.streaming import StreamingSplits, stream_train_batches
+
+    if isinstance(data, StreamingSplits):
+        return stream_train_batches(data, **kwargs)
+    return train_batches(data.train_x, data.train_y, augment=data.augment, crop_padding=data.crop_padding, **kwargs)
+
+
 __all__ = [
     "AUGMENTATIONS",
     "AUTO_AUGMENT",
@@ -30,4 +40,5 @@ __all__ = [
     "split_val",
     "subset_indices",
     "train_batches",
+    "training_batches",
 ]

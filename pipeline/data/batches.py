@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from pipeline.data.augment import augment_batch
+from pipeline.engine.distributed import shard as shard_range
 from pipeline.engine.seeding import Stream, derive_seed
 
 
@@ -54,10 +55,13 @@ def train_batches(
     device: torch.device | str,
     start_batch: int = 0,
     drop_last: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield (float32 images in [0, 1], int64 labels) on `device`, shuffled and augmented.
 
     `x` is uint8 NCHW, on the CPU or already on `device`. `start_batch=k` skips straight to batch k.
+    `shard=(rank, world)` yields rank's contiguous share of each batch (the first `len % world` ranks
+    take one image more), augmented exactly as in the whole batch, so the ranks' union is the batch.
     """
     _check_pair(x, y)
     total = num_batches(len(x), batch_size, drop_last)
@@ -69,7 +73,12 @@ def train_batches(
         idx = order[b * batch_size:(b + 1) * batch_size]
         gen = torch.Generator().manual_seed(derive_seed(Stream.AUGMENT, seed, epoch, b))
         images = augment_batch(_upload(x, idx, device), augment=augment, crop_padding=crop_padding, gen=gen)
+        if shard is not None:
+            # augmenting the whole batch keeps each image's random crop/flip that of the single-process run
+            start, stop = shard_range(len(idx), *shard)
+            images, idx = images[start:stop], idx[start:stop]
         yield images, _upload(y, idx, device)
+
 
 
 def eval_batches(

@@ -4,11 +4,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipeline.engine.schema import StrictModel
 
 TORCHVISION_DATASETS = ("cifar10", "cifar100", "svhn")
+
+
+class StreamConfig(StrictModel):
+    """Streaming image folder (ImageNet scale): train images decoded per batch by DataLoader workers."""
+
+    image_size: int = Field(default=224, ge=2, description="side of the training crop and of the evaluation crop")
+    resize_size: int = Field(default=256, ge=2, description="evaluation: shorter side resized to this, then centre-cropped")
+    min_scale: float = Field(default=0.08, gt=0, le=1, description="RandomResizedCrop's smallest area fraction")
+    workers: int = Field(default=4, ge=0, description="DataLoader worker processes per rank (0: decode in the training process)")
+
+    @model_validator(mode="after")
+    def _crop_fits(self):
+        if self.resize_size < self.image_size:
+            raise ValueError(f"resize_size: {self.resize_size} is below image_size {self.image_size}")
+        return self
 
 
 class DataConfig(StrictModel):
@@ -40,6 +55,8 @@ class DataConfig(StrictModel):
     # Per-channel normalisation constants stored with the model; auto: the published constants of
     # CIFAR-10/100 and Tiny-ImageNet when the data is recognised as one of them, else train-split statistics.
     norm_stats: Literal["auto", "cifar10", "cifar100", "tinyimagenet", "computed"] = "auto"
+    # imagefolder only: stream training images from disk instead of holding them in memory.
+    stream: StreamConfig | None = None
 
     @field_validator("val_size", mode="before")
     @classmethod
@@ -90,6 +107,8 @@ class DataConfig(StrictModel):
                 raise ValueError(f"root: directory not found: {self.root}{hint}")
         elif self.root is not None:
             raise ValueError(f"root: not used with dataset {ds!r}; remove it")
+        if self.stream is not None and ds != "imagefolder":
+            raise ValueError(f"stream: only dataset 'imagefolder' can be streamed, not {ds!r}")
         if self.download and ds not in TORCHVISION_DATASETS:
             raise ValueError(f"download: only cifar10, cifar100 and svhn can be downloaded, not {ds!r}")
         if ds == "imagefolder" and self.val_size is not None and self.val_mode == "tail":

@@ -91,7 +91,8 @@ def _stack(arrays: list[np.ndarray], items: list[tuple[Path, int]], ref: tuple[i
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
 
 
-def read_image_folder(root: Path) -> RawData:
+def list_image_folder(root: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
+    """(class names, {"train"/"test"/maybe "val": [(file, label), ...]}) of an image folder (layouts above)."""
     root = Path(root)
     train_dir = root / "train"
     if not train_dir.is_dir():
@@ -116,6 +117,11 @@ def read_image_folder(root: Path) -> RawData:
             f"data.root: no labelled test set in {root}: expected test/<class>/, val/<class>/, "
             "or val/images/ with val/val_annotations.txt"
         )
+    return names, split_items
+
+
+def read_image_folder(root: Path) -> RawData:
+    names, split_items = list_image_folder(root)
     loaded = {s: _load(items, s) for s, items in split_items.items()}
     ref_file = split_items["train"][0][0]
     ref = loaded["train"][0][0].shape[:2]

@@ -73,6 +73,10 @@ def _stats(cfg: DataConfig, raw: RawData, kind: str, train_x) -> tuple[tuple[flo
 
 def load_dataset(cfg: DataConfig) -> DataSplits:
     """Materialise the configured dataset in memory as uint8 NCHW / int64 tensors."""
+    if cfg.stream is not None:  # training images stay on disk (pipeline.data.streaming)
+        from pipeline.data.streaming import load_streaming
+
+        return load_streaming(cfg)
     raw = _read(cfg)
     if raw.val_x is not None:
         if cfg.val_size is not None:

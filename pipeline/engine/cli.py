@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else None
+        print(f"error{f' (rank {rank})' if rank else ''}: {exc}", file=sys.stderr)
         if debug:
             traceback.print_exc()
         return exc.exit_code
@@ -102,9 +103,15 @@ def _dispatch(args) -> int:
         from pipeline.engine.runner import Runner
 
         cfg = load_config(args.config, args.overrides)
+        from pipeline.engine import distributed
+
         runner = Runner(cfg, args.run_dir, device=args.device, quiet=args.quiet)
-        statuses = runner.run(args.from_stage, args.until_stage, source=args.config, overrides=args.overrides)
-        _print_summary(runner, statuses)
+        try:
+            statuses = runner.run(args.from_stage, args.until_stage, source=args.config, overrides=args.overrides)
+            if distributed.is_main():
+                _print_summary(runner, statuses)
+        finally:
+            distributed.shutdown()
         return 0
     if args.command == "status":
         return _status(args)

@@ -24,12 +24,21 @@ from pipeline.engine.registry import STAGES
 from pipeline.engine.schema import StrictModel
 
 
+class DistributedSection(StrictModel):
+    """How a run started by torchrun spreads over its processes (ignored in a single process)."""
+
+    backend: Literal["auto", "nccl", "gloo"] = Field(default="auto", description="auto: nccl on CUDA, gloo on CPU (env PIPELINE_DIST_BACKEND overrides)")
+    timeout_s: float = Field(default=600.0, gt=0, description="a collective waiting this long for a dead or stuck rank fails the run")
+    batch_norm: Literal["global", "local"] = Field(default="global", description="global: BN statistics over the whole global batch (single-process semantics); local: per rank")
+
+
 class RunSection(StrictModel):
     name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
                              description="run folder name; default: the config file's stem")
     seed: int = Field(default=1, ge=0, description="seeds training, masks and attacks (seed 0 is a valid seed)")
     output_dir: Path = Field(default=Path("runs"), description="parent folder of run directories")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    distributed: DistributedSection = Field(default_factory=DistributedSection)
 
 
 class ModelSection(StrictModel):

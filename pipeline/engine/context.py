@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pipeline.engine import store
+from pipeline.engine import distributed, store
 from pipeline.engine.errors import CheckpointError
 from pipeline.engine.seeding import capture_rng, derive_seed, restore_rng
 from pipeline.models.card import build_model, model_card
@@ -162,7 +162,8 @@ class StageContext:
         key = data_cfg.model_dump_json()
         if key not in self._data_cache:
             self.log(f"loading dataset {data_cfg.dataset}")
-            self._data_cache[key] = load_dataset(data_cfg)
+            with distributed.rank_zero_first():  # one download / cache fill, then the others read it
+                self._data_cache[key] = load_dataset(data_cfg)
         return self._data_cache[key]
 
     def model_data_config(self):
@@ -278,6 +279,9 @@ class StageContext:
 
         The state goes to a new file (state-<n>.pt) and only then does manifest.json name it, so a kill
         at any moment leaves a manifest that names a complete, verified state; older states go last."""
+        if not distributed.is_main():  # rank 0 saves for everyone; the barrier publishes its files
+            distributed.barrier()
+            return
         state = dict(state)
         state["rng"] = capture_rng()
         state["history"] = list(self._history)
@@ -291,6 +295,7 @@ class StageContext:
         for old in self.progress_dir.glob("state-*.pt"):
             if old.name != name:
                 old.unlink(missing_ok=True)
+        distributed.barrier()
 
     def load_progress(self) -> dict | None:
         manifest_path = self.progress_dir / "manifest.json"
@@ -308,7 +313,8 @@ class StageContext:
         return state
 
     def clear_progress(self) -> None:
-        shutil.rmtree(self.progress_dir, ignore_errors=True)
+        if distributed.is_main():
+            shutil.rmtree(self.progress_dir, ignore_errors=True)
 
     # -- misc -------------------------------------------------------------------------------------
     def log(self, msg: str) -> None:

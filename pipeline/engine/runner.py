@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from pipeline.engine import store
+from pipeline.engine import distributed, store
 from pipeline.engine.config import PipelineConfig
 from pipeline.engine.console import Console
 from pipeline.engine.context import PROGRESS_DIR, STAGE_JSON, StageContext
 from pipeline.engine.seeding import seed_everything
 from pipeline.engine.errors import ConfigError, PipelineError, StageFailed
-from pipeline.engine.lock import RunLock, lock_state
+from pipeline.engine.lock import lock_state
 from pipeline.engine.registry import STAGES
 
 RUN_JSON = "run.json"
@@ -39,7 +39,9 @@ def stage_fingerprint(cfg: PipelineConfig, stage_cfg, input_output_fp: str | Non
     """Hash of everything that determines this stage's outputs: its config, the run's data/model/seed, its input."""
     return fingerprint_of({
         "stage": stage_cfg.model_dump(mode="json", exclude=_NOT_FINGERPRINTED_STAGE),
-        "data": cfg.data.model_dump(mode="json", exclude=_NOT_FINGERPRINTED_DATA),
+        # an unset `stream` is left out, so runs made before streaming existed keep their fingerprints
+        "data": cfg.data.model_dump(mode="json", exclude=_NOT_FINGERPRINTED_DATA | (
+            {"stream"} if getattr(cfg.data, "stream", None) is None else set())),
         "model": cfg.model.model_dump(mode="json"),
         "seed": cfg.run.seed,
         "input": input_output_fp,
@@ -87,7 +89,7 @@ class Runner:
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir else Path(cfg.run.output_dir) / cfg.run.name
         self.device_name = device or cfg.run.device
-        self.console = Console(quiet=quiet)
+        self.console = Console(quiet=quiet or distributed.env_world().rank != 0)  # one rank speaks
         self._data_cache: dict = {}
 
     # -- status ---------------------------------------------------------------------------------
@@ -141,11 +143,11 @@ class Runner:
                 raise ConfigError(f"{flag} {value}: no such stage (stages: {', '.join(names)})")
         start = names.index(from_stage) if from_stage else None
         stop = names.index(until_stage) if until_stage else len(names) - 1
-        device = resolve_device(self.device_name)
+        device = distributed.init(self.cfg.run.distributed, resolve_device(self.device_name))
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.console.log_file = self.run_dir / "run.log"
-        with RunLock(self.run_dir, on_stale=self._report_stale_lock):
+        self.console.log_file = self.run_dir / "run.log" if distributed.is_main() else None
+        with distributed.run_lock(self.run_dir, on_stale=self._report_stale_lock):
             store.atomic_write_text(self.run_dir / "config.yaml",
                                     yaml.safe_dump(self.cfg.resolved(), sort_keys=False))
             # what `pipeline status` compares against later: the config file and the --set edits it ran with
@@ -158,6 +160,7 @@ class Runner:
                     break
                 forced = start is not None and i >= start
                 status = {s.name: s for s in self.statuses()}[st.name]
+                status.state = distributed.broadcast_object(status.state)  # rank 0's reading decides
                 if status.state == "done" and not forced:
                     self.console.info(f"[{st.name}] done, skipped (fingerprint matches)")
                     continue
@@ -174,14 +177,18 @@ class Runner:
         in_rec = self._record(st.input) if st.input else None
         fp = stage_fingerprint(self.cfg, st, in_rec.get("output_fingerprint") if in_rec else None)
         sdir = self.run_dir / st.name
-        _clear_outputs(sdir, keep_progress=not fresh)
+        if distributed.is_main():
+            _clear_outputs(sdir, keep_progress=not fresh)
+        distributed.barrier()
         ctx = StageContext(cfg=self.cfg, stage_cfg=st, run_dir=self.run_dir, device=device,
                            console=self.console, fingerprint=fp, data_cache=self._data_cache)
         self.console.info(f"[{st.name}] running {st.type} ({why})")
         seed_everything(self.cfg.run.seed)
         started = time.time()
         try:
-            cls().run(ctx)
+            with distributed.stage_scope(cls.collective) as runs_here:
+                if runs_here:
+                    cls().run(ctx)
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 self.console.always(f"[{st.name}] interrupted; run the same command again to resume")
@@ -220,6 +227,7 @@ class Runner:
         }
         store.atomic_write_json(sdir / STAGE_JSON, record)
         ctx.clear_progress()
+        distributed.barrier()  # the next stage reads this one's files
         self.console.info(f"[{st.name}] done in {finished - started:.1f}s" + _metric_line(ctx.metrics))
 
 

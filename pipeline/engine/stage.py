@@ -29,6 +29,9 @@ class Stage:
     # Whether the stage reads a previous stage. "optional" stages start from scratch unless `input` is set.
     input_mode: ClassVar[str] = "required"  # "required" | "optional" | "none"
     summary: ClassVar[str] = ""
+    # Under torchrun: True = every rank runs the stage (it trains or evaluates collectively); False = rank 0
+    # runs it alone while the others wait (plugins default to that: they need not know about ranks).
+    collective: ClassVar[bool] = False
 
     def run(self, ctx: StageContext) -> None:  # pragma: no cover - interface
         raise NotImplementedError

@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from pipeline.engine import distributed
 from pipeline.engine.errors import CheckpointError
 
 
@@ -61,8 +62,14 @@ def _fsync_dir(folder: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path beside `path`; on normal exit fsync it and rename it over `path`."""
+    """Yield a temp path beside `path`; on normal exit fsync it and rename it over `path`.
+
+    Under torchrun only rank 0 writes: other ranks get a scratch path that is thrown away."""
     target = Path(path)
+    if not distributed.is_main():
+        with tempfile.TemporaryDirectory(prefix="pipeline-rank-") as scratch:
+            yield Path(scratch) / target.name
+        return
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
@@ -80,7 +87,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> str:
-    """Write `data` atomically; return its sha256."""
+    """Write `data` atomically; return its sha256 (on every rank; only rank 0 writes)."""
+    if not distributed.is_main():
+        return sha256_bytes(data)
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return sha256_bytes(data)

@@ -20,7 +20,9 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from pipeline.engine import distributed
 from pipeline.engine.errors import PipelineError, StageFailed
+from pipeline.engine.seeding import derive_seed
 from pipeline.engine.schema import Ratio, StrictModel
 
 INSTALL_HINT = ("pip install git+https://github.com/fra31/auto-attack  "
@@ -104,7 +106,24 @@ def run_autoattack(model: nn.Module, x: Tensor, y: Tensor, cfg: AutoAttackConfig
     x = x.to(device)
     x = x.to(dtype).div(255.0) if x.dtype == torch.uint8 else x.to(dtype)
     y = y.to(device).long()
+    n = int(x.shape[0])
+    if distributed.active():  # each rank attacks its contiguous share; the counts are summed below
+        start, stop = distributed.shard(n)
+        x, y = x[start:stop], y[start:stop]
+        seed = seed if distributed.rank() == 0 else derive_seed(seed, "autoattack-rank", distributed.rank())
+    clean = robust = 0
 
+    if x.shape[0]:  # under torchrun a rank may have no share (more ranks than images)
+        clean, robust = _attack_and_count(model, x, y, cfg, cls, backend, device, seed, batch_size)
+    if distributed.active():
+        counts = distributed.all_reduce_sum(torch.tensor([clean, robust], dtype=torch.float64, device=device))
+        clean, robust = int(counts[0]), int(counts[1])
+    return {"acc": 100.0 * robust / n, "clean_acc": 100.0 * clean / n, "n": n, "backend": backend}
+
+
+def _attack_and_count(model, x, y, cfg, cls, backend, device, seed, batch_size) -> tuple[int, int]:
+    """(clean, robust) correct counts of `model` on (x, y) under AutoAttack, modes restored."""
+    clean = robust = 0
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
@@ -122,7 +141,6 @@ def run_autoattack(model: nn.Module, x: Tensor, y: Tensor, cfg: AutoAttackConfig
         if worst is not None:
             raise StageFailed(f"AutoAttack ({backend}) returned images outside the {cfg.norm} ball of {cfg.eps:.6g} "
                               f"or outside [0, 1] (largest perturbation {worst:.6g}); its figure would be wrong")
-        clean = robust = 0
         with torch.no_grad():
             for start in range(0, x.shape[0], batch_size):
                 sl = slice(start, start + batch_size)
@@ -131,5 +149,4 @@ def run_autoattack(model: nn.Module, x: Tensor, y: Tensor, cfg: AutoAttackConfig
     finally:
         for m, training in modes.items():
             m.training = training
-    n = int(x.shape[0])
-    return {"acc": 100.0 * robust / n, "clean_acc": 100.0 * clean / n, "n": n, "backend": backend}
+    return clean, robust

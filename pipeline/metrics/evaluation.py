@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.metrics.attacks import AttackConfig, advertorch_pgd
+from pipeline.engine import distributed
 from pipeline.engine.errors import DataError, PipelineError
+from pipeline.engine.seeding import derive_seed
 
 
 def _as_tensor(a: Any, what: str) -> Tensor:
@@ -70,6 +72,11 @@ def evaluate(model: nn.Module, x: Tensor | np.ndarray, y: Tensor | np.ndarray, *
         x, y = x[:limit], y[:limit]
     if batch_size < 1:
         raise PipelineError(f"batch_size must be >= 1, got {batch_size}")
+    n = int(x.shape[0])
+    if distributed.active():  # each rank judges its contiguous share; the counts are summed below
+        start, stop = distributed.shard(n)
+        x, y = x[start:stop], y[start:stop]
+        seed = seed if distributed.rank() == 0 else derive_seed(seed, "eval-rank", distributed.rank())
     attacked = attack is not None and attack.kind != "none"
     float_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
@@ -103,7 +110,9 @@ def evaluate(model: nn.Module, x: Tensor | np.ndarray, y: Tensor | np.ndarray, *
     finally:
         for m, training in modes.items():
             m.training = training
-    n = int(x.shape[0])
+    if distributed.active():
+        total = distributed.all_reduce_sum(torch.stack([correct.double(), loss_sum]))
+        correct, loss_sum = total[0].long(), total[1]
     return {"acc": 100.0 * correct.item() / n, "loss": loss_sum.item() / n, "n": n}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pipeline.engine import distributed
 from pipeline.sparsity.masks import MaskEnforcer, MaskSet
 from pipeline.train.hooks import TrainingHooks
 
@@ -25,6 +26,7 @@ class MaskHooks(TrainingHooks):
     def on_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.model, self.optimizer = model, optimizer
         if self.masks is not None:
+            distributed.sync_masks(self.masks, "fixed masks at the start of training")
             self.enforcer = self.masks.enforcer(model, optimizer)
             self.enforcer()
             self._densities = self.masks.layer_densities()  # the mask never changes while this trains

@@ -20,6 +20,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
+from pipeline.engine import distributed
 from pipeline.engine.errors import CheckpointError, ConfigError
 from pipeline.engine.schema import StrictModel
 from pipeline.sparsity.criteria import CRITERIA, get_criterion
@@ -91,15 +92,19 @@ def ticket_masks(model: nn.Module, criterion: CriterionConfig, density: float, *
     """
     entry = get_criterion(pruner or criterion.pruner)
     if entry.nni_pruner is not None:
-        return _nni_masks(model, criterion, density, within, where, entry.nni_pruner)
+        masks = _nni_masks(model, criterion, density, within, where, entry.nni_pruner)
+        distributed.sync_masks(masks, where)
+        return masks
     params = scope_params(model, criterion)
     if not params:
         raise ConfigError(f"{where}.scope: the model has no {criterion.scope} weights to prune")
     entry.check_inputs(batches=batches, generator=generator)  # a caller's slip, not a config error
     try:
-        return entry.global_masks(model, params, density, within=within, batches=batches, generator=generator)
+        masks = entry.global_masks(model, params, density, within=within, batches=batches, generator=generator)
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    distributed.sync_masks(masks, where)  # early-bird tickets, IMP rounds, OMP / random masks
+    return masks
 
 
 def criterion_batches(criterion: CriterionConfig, data, *, batch_size: int, seed: int, device) -> list | None:
@@ -109,6 +114,9 @@ def criterion_batches(criterion: CriterionConfig, data, *, batch_size: int, seed
         return None
     from pipeline.data import train_batches
 
+    if len(data.train_x) != len(data.train_y):  # streamed: the training images stay on disk
+        raise ConfigError(f"criterion.pruner: taylor scores in-memory training batches; {data.source} is "
+                          "streamed (data.stream); use global_magnitude or random")
     it = train_batches(data.train_x, data.train_y, batch_size=batch_size, seed=seed, epoch=-1, augment="none",
                        crop_padding=0, device=device)
     return [b for _, b in zip(range(criterion.taylor_batches), it)]

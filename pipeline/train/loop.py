@@ -20,15 +20,16 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from pipeline.engine import store
+from pipeline.engine import distributed, store
 from pipeline.metrics.flops import FLOPS_CONVENTION, TrainingFlopsMeter, count_macs, inference_flops
 from pipeline.metrics.attacks import AttackConfig, make_train_attack
 from pipeline.engine.errors import ConfigError
-from pipeline.data import DataSplits, num_batches, train_batches
+from pipeline.data import DataSplits, num_batches, training_batches
 from pipeline.metrics.evaluation import evaluate, select_best, summarize_history
 from pipeline.engine.schema import StrictModel
 from pipeline.engine.seeding import eval_attack_seed
 from pipeline.train.hooks import TrainingHooks, cpu_state  # noqa: F401  (re-exported)
+from pipeline.train.ddp import DistributedTraining
 from pipeline.train.step import adversarial_train_step
 
 
@@ -153,8 +154,10 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
     opt_cfg = cfg.optimizer
     optimizer = torch.optim.SGD(model.parameters(), lr=opt_cfg.lr, momentum=opt_cfg.momentum,
                                 weight_decay=opt_cfg.weight_decay, nesterov=opt_cfg.nesterov)
-    forward_model = torch.compile(model) if cfg.compile else model
-    attack = make_train_attack(cfg.attack)
+    dtrain = DistributedTraining(model, device, ctx.cfg.run.distributed, batch_size=cfg.batch_size,
+                                 n_train=len(data.train_y), drop_last=cfg.drop_last, where=f"stages.{ctx.name}")
+    forward_model = torch.compile(dtrain.forward_model) if cfg.compile else dtrain.forward_model
+    attack = dtrain.attack(make_train_attack(cfg.attack))
     autocast = torch.bfloat16 if cfg.precision == "bf16" else None
     steps_per_epoch = num_batches(len(data.train_y), cfg.batch_size, cfg.drop_last)
     if cfg.max_steps_per_epoch:
@@ -162,6 +165,7 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
     select_key = cfg.select_key
     # best weights go to a new file per epoch; the progress state names the current one (see save_progress)
     best_file: str | None = None
+    best_sha: str | None = None
     layer_macs = count_macs(model, (data.in_chans, *data.input_size))
     dense_flops = inference_flops(layer_macs)["dense_flops"]
     meter = TrainingFlopsMeter(mode=cfg.mode, attack_steps=cfg.attack.steps if cfg.mode == "pgd" else None)
@@ -181,6 +185,8 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
         epoch, step_in_epoch, global_step = saved["epoch"], saved["step_in_epoch"], saved["global_step"]
         sums = dict(saved["sums"])
         best_epoch, best_value, best_file = saved["best_epoch"], saved["best_value"], saved["best_file"]
+        best_sha = saved["best_sha256"]
+        distributed.check_resume_world(saved.get("world_size", 1), f"stages.{ctx.name}")
         if best_file is not None:
             best_state = store.load_tensors(ctx.progress_dir / best_file, saved["best_sha256"])
 
@@ -190,9 +196,10 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
             "flops": meter.state_dict(),
             "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step, "step": global_step,
             "sums": dict(sums), "best_epoch": best_epoch, "best_value": best_value, "best_file": best_file,
-            "best_sha256": store.sha256_file(ctx.progress_dir / best_file) if best_file is not None else None,
+            "best_sha256": best_sha,
+            **({"world_size": distributed.world_size()} if distributed.world_size() > 1 else {}),
         })
-        for old in ctx.progress_dir.glob("best-e*.safetensors"):
+        for old in ctx.progress_dir.glob("best-e*.safetensors") if distributed.is_main() else ():
             if old.name != best_file:
                 old.unlink(missing_ok=True)
 
@@ -209,9 +216,9 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
             correct_acc = torch.zeros((), device=device, dtype=torch.long)
             n_acc = 0
             with ctx.console.bar(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", initial=step_in_epoch) as bbar:
-                batches = train_batches(data.train_x, data.train_y, batch_size=cfg.batch_size, seed=ctx.seed,
-                                        epoch=epoch, augment=data.augment, crop_padding=data.crop_padding,
-                                        device=device, start_batch=step_in_epoch, drop_last=cfg.drop_last)
+                batches = training_batches(data, batch_size=cfg.batch_size, seed=ctx.seed, epoch=epoch,
+                                           device=device, start_batch=step_in_epoch, drop_last=cfg.drop_last,
+                                           shard=dtrain.shard_spec())
                 for x, y in batches:
                     if step_in_epoch >= steps_per_epoch:
                         break
@@ -222,12 +229,13 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
                         group["lr"] = lr
                     gen = ctx.generator(epoch, step_in_epoch, 1)
                     step_no = global_step
+                    images = dtrain.begin_step(step_in_epoch, int(y.shape[0]))
                     changed = []
                     out = adversarial_train_step(
                         forward_model, optimizer, x, y, attack=attack, generator=gen, autocast_dtype=autocast,
                         after_backward=lambda: hooks.after_backward(step_no),
                         after_step=lambda: changed.append(hooks.after_step(step_no)))
-                    meter.accumulate(out.n, f_now, dense_flops if hooks.dense_grad_step(step_no) else None)
+                    meter.accumulate(images, f_now, dense_flops if hooks.dense_grad_step(step_no) else None)
                     if any(changed):
                         f_now = sparse_flops()
                     loss_acc += out.loss.detach() * out.n
@@ -236,7 +244,7 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
                     step_in_epoch += 1
                     global_step += 1
                     bbar.update(1)
-                    if _FAULT_AFTER_STEPS:
+                    if _FAULT_AFTER_STEPS and distributed.fault_injected_here():
                         done = _steps_per_stage[ctx.dir] = _steps_per_stage.get(ctx.dir, 0) + 1
                         if done == _FAULT_AFTER_STEPS:
                             os.kill(os.getpid(), signal.SIGKILL)
@@ -255,7 +263,7 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
             }
 
             def evaluate_epoch() -> None:
-                nonlocal best_value, best_epoch, best_state, best_file
+                nonlocal best_value, best_epoch, best_state, best_file, best_sha
                 t1 = time.time()
                 row.update(evaluate_splits(model, data, cfg.eval, device, ctx.seed, epoch))
                 row["eval_seconds"] = round(time.time() - t1, 3)
@@ -264,7 +272,7 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
                     best_value, best_epoch = value, epoch + 1
                     best_state = cpu_state(model)
                     best_file = f"best-e{best_epoch:04d}.safetensors"
-                    store.save_tensors(ctx.progress_dir / best_file, best_state)
+                    best_sha = store.save_tensors(ctx.progress_dir / best_file, best_state)
 
             if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.epochs:
                 evaluate_epoch()
@@ -283,6 +291,7 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
             save_progress()
             ebar.update(1)
     board.close()
+    dtrain.close()
     final = inference_flops(layer_macs, hooks.densities())
     k = meter.attack_steps
     ctx.record["flops"] = {
@@ -294,6 +303,8 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
                      "dense_equivalent_paper": (k + 1) * 3 * meter.images * final["dense_flops"]},
         "convention": FLOPS_CONVENTION,
     }
+    if dtrain.on:
+        ctx.record["distributed"] = dtrain.record()
     return TrainResult(history=list(ctx.history), best_epoch=best_epoch, best_state=best_state,
                        final_state=cpu_state(model), stopped_early=stopped, steps=global_step, select_key=select_key)
 
@@ -307,7 +318,7 @@ class _TensorBoard:
         self._failed = False
 
     def log(self, row: dict) -> None:
-        if self._failed:
+        if self._failed or not distributed.is_main():  # one writer under torchrun
             return
         if self._writer is None:
             try:
@@ -353,6 +364,10 @@ def save_trained(ctx, model: torch.nn.Module, card: dict, result: TrainResult, s
 
 def _fold(sums: dict, loss_acc: torch.Tensor, correct_acc: torch.Tensor, n: int, seconds: float) -> dict:
     # one host sync per fold instead of one per step
+    if distributed.active():  # every rank keeps the global sums (rank 0 saves them for all)
+        total = distributed.all_reduce_sum(torch.stack([loss_acc.double(), correct_acc.double(),
+                                                        torch.tensor(float(n), device=loss_acc.device)]))
+        loss_acc, correct_acc, n = total[0], total[1].long(), int(total[2])
     return {"loss": sums["loss"] + float(loss_acc), "correct": sums["correct"] + int(correct_acc),
             "n": sums["n"] + n, "seconds": sums["seconds"] + seconds}
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from pipeline.engine import distributed
 from pipeline.sparsity.dst.core import DynamicSparsity, Layer
 from pipeline.sparsity.dst.state import DSTState
 from pipeline.sparsity.masks import MaskEnforcer
@@ -45,6 +46,7 @@ class RewireHooks(TrainingHooks):
     def masks_changed(self, reason: str) -> None:
         """The masks in `state` were just set ("start"), rewired by an event ("update") or restored
         ("resume"): refresh the enforcer's cached pairs and the densities, and put the masks in force."""
+        distributed.sync_masks(self.state.masks, f"{self.method.name}: masks at {reason}")
         self._densities = None
         if self.enforcer is not None:
             self.enforcer.refresh()

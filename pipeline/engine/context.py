@@ -14,7 +14,8 @@ from pipeline.engine.errors import CheckpointError
 from pipeline.engine.progress import Progress
 from pipeline.engine.rundir import MODEL, PROGRESS_DIR, StageRecord, masks_file_for
 from pipeline.engine.seeding import derive_seed
-from pipeline.models.card import build_model, model_card
+from pipeline.models.card import build_model
+from pipeline.models.card import model_card as card_for  # `self.model_card` is the card this stage hands on
 
 if TYPE_CHECKING:
     from pipeline.engine.config import PipelineConfig
@@ -79,7 +80,7 @@ class StageContext:
 
     def new_model(self, data: DataSplits | None = None, arch: str | None = None) -> torch.nn.Module:
         data = data or self.data()
-        card = model_card(arch or self.pipeline_config.model.arch, data)
+        card = card_for(arch or self.pipeline_config.model.arch, data)
         torch.manual_seed(self.seed)  # initial weights depend on the run seed only
         return build_model(card).to(self.device)
 
@@ -88,7 +89,7 @@ class StageContext:
         if self.input is not None:
             return self.load_input_model()
         data = data or self.data()
-        return self.new_model(data), None, model_card(self.pipeline_config.model.arch, data)
+        return self.new_model(data), None, card_for(self.pipeline_config.model.arch, data)
 
     def load_input_model(self):
         if self.input is None:

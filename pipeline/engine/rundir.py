@@ -191,17 +191,21 @@ class StageRecord:
             st = nxt
         return st
 
+    def build_model(self) -> tuple[torch.nn.Module, dict]:
+        """(model, card): this stage's architecture rebuilt from its model card, weights not loaded. The one
+        place a recorded model is rebuilt: a structural change the stage recorded beside its card (e.g. a
+        channel-pruning history) is applied here, before any weights load."""
+        from pipeline.models.card import build_model
+
+        if self.card is None:
+            raise CheckpointError(f"stage {self.name!r} has no model card in its stage.json")
+        return build_model(self.card), self.card
+
     def load_model(self, device: torch.device | str = "cpu", weights: str = MODEL):
         """(model, masks or None, card): the model is rebuilt from the holder's card, then its weights
         are loaded strictly; the masks are those `masks_file_for(weights)` names, when recorded."""
-        from pipeline.models.card import build_model
-
         holder = self.model_holder()
-        card = holder.card
-        if card is None:
-            raise CheckpointError(f"stage {holder.name!r} has no model card in its stage.json")
-        model = build_model(card)
-        # a structurally pruned holder would record its pruning history here, applied before the weights
+        model, card = holder.build_model()
         state = holder.tensors(weights)
         missing, unexpected = _load_strict(model, state)
         if missing or unexpected:

@@ -25,7 +25,7 @@ from pipeline.metrics.flops import FlopsRecord, InferenceFlops, TrainingFlopsMet
 from pipeline.metrics.attacks import AttackConfig, make_train_attack
 from pipeline.engine.errors import ConfigError
 from pipeline.data import DataSplits, num_batches, train_batches
-from pipeline.metrics.evaluation import SELECTION_KEYS, evaluate, select_best, summarize_history
+from pipeline.metrics.evaluation import SELECTION_KEYS, evaluate, summarize_history
 from pipeline.engine.schema import StrictModel
 from pipeline.engine.seeding import eval_attack_seed
 from pipeline.train.step import adversarial_train_step

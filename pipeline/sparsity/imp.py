@@ -38,8 +38,15 @@ class ImpProgress:
                 "rewind_sha": self.rewind_sha, "rewind_fixed": self.rewind_fixed,
                 "epoch": f"round {self.round}", "step": self.steps}
 
+    def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
+        """Continue from a saved state_dict(); the mask goes to `device`."""
+        self.round, self.rounds = state["round"], list(state["rounds"])
+        self.mask = MaskSet(state["mask"]).to(device) if state["mask"] else None
+        self.rewind_file, self.rewind_sha, self.rewind_fixed = (state["rewind_file"], state["rewind_sha"],
+                                                                state["rewind_fixed"])
+
     @classmethod
-    def from_state_dict(cls, state: dict, device: torch.device | str) -> ImpProgress:
-        return cls(round=state["round"], mask=MaskSet(state["mask"]).to(device) if state["mask"] else None,
-                   rewind_file=state["rewind_file"], rewind_sha=state["rewind_sha"],
-                   rewind_fixed=state["rewind_fixed"], rounds=list(state["rounds"]))
+    def from_state_dict(cls, state: dict, device: torch.device | str = "cpu") -> ImpProgress:
+        progress = cls(round=0, mask=None, rewind_file="", rewind_sha="", rewind_fixed=False)
+        progress.load_state_dict(state, device)
+        return progress

@@ -10,14 +10,16 @@ from pipeline.engine.section import Section
 from pipeline.sparsity.masks import MaskSet
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SparsityRecord(Section):
     SECTION: ClassVar[str] = "sparsity"
 
     density: float  # kept fraction over all masked weights
-    sparsity: float
-    kept: int
-    total: int
+    # always written; optional so that a rewire stage.json written before this schema (density and layers
+    # only) stays readable
+    sparsity: float | None = None
+    kept: int | None = None
+    total: int | None = None
     layers: dict[str, float]  # kept fraction per masked weight
     # dynamic sparse training (rewire)
     method: str | None = None

@@ -250,26 +250,26 @@ def run_models(args: argparse.Namespace, models: list[Model]) -> list[Path]:
 def stage_extras(run_dir: Path) -> dict[str, Any]:
     """Figures `compare` does not tabulate: the early-bird emergence epoch, the DST final density,
     ever-active fraction and update count, the measured overfitting and the corruption details."""
-    from pipeline.reporting.compare import load_run
+    from pipeline.engine.rundir import RunDir
+    from pipeline.metrics.evaluation import EvaluationMetrics
+    from pipeline.sparsity.record import SparsityRecord
 
-    run = load_run(run_dir)
+    run = RunDir(run_dir)
     out: dict[str, Any] = {}
     for st in run.finished():
-        eb = st.record.get("early_bird")
-        if isinstance(eb, dict):
-            out["eb_epoch"] = eb["epoch"] if eb.get("emerged") else f"none ({eb.get('epochs_run')})"
-        sp = st.record.get("sparsity")
-        if st.type == "rewire" and isinstance(sp, dict):
-            out.update(final_density=sp.get("final_density"), ever_active=sp.get("ever_active"),
-                       updates=sp.get("prune_grow_updates"))
+        eb = st.section("early_bird")
+        if eb is not None:
+            out["eb_epoch"] = eb["epoch"] if eb["emerged"] else f"none ({eb['epochs_run']})"
+        sp = st.section(SparsityRecord)
+        if st.type == "rewire" and sp is not None:
+            out.update(final_density=sp.final_density, ever_active=sp.ever_active, updates=sp.prune_grow_updates)
     ev = run.evaluate_stage()
     if ev is not None:
-        m = ev.metrics
-        out["overfitting_measured"] = m.get("robust_overfitting_measured")
-        corr = m.get("corruption")
-        if isinstance(corr, dict):
-            out.update(corruption_mean_15=corr.get("mean_acc_15"), corruption_clean=corr.get("clean_acc"),
-                       corruption_images=corr.get("n"))
+        m = ev.section(EvaluationMetrics)
+        out["overfitting_measured"] = m.robust_overfitting_measured
+        if m.corruption is not None:
+            out.update(corruption_mean_15=m.corruption.get("mean_acc_15"), corruption_clean=m.corruption.get("clean_acc"),
+                       corruption_images=m.corruption.get("n"))
     return out
 
 
@@ -332,12 +332,12 @@ def drop_empty_columns(md: str, empty: str = "—") -> str:
 class Col:
     key: str
     title: str
-    show: Callable[[Any], str] | None = None  # default: pipeline.reporting.report.fmt
+    show: Callable[[Any], str] | None = None  # default: pipeline.reporting.format.fmt
 
 
 def table(rows: list[dict], cols: Iterable[Col]) -> str:
     """Markdown table of `cols` (columns that no row has are left out)."""
-    from pipeline.reporting.report import fmt, md_table
+    from pipeline.reporting.format import fmt, md_table
 
     cols = [c for c in cols if c.key == "label" or any(r.get(c.key) is not None for r in rows)]
     body = [[(c.show or fmt)(r.get(c.key)) for c in cols] for r in rows]
@@ -360,7 +360,7 @@ def print_report(args: argparse.Namespace, heading: str, compare_text: str, rows
 
 def headline(rows: list[dict]) -> str:
     """One line with every run's RA best/final, gap, overfitting and FLOPs saved against the first."""
-    from pipeline.reporting.report import fmt
+    from pipeline.reporting.format import fmt
 
     def each(key: str) -> str:
         return ", ".join(f"{r['label']} {fmt(r.get(key))}" for r in rows)
@@ -384,7 +384,7 @@ def claim(args: argparse.Namespace, rows: list[dict], key: str, title: str, ques
           show: Callable[[Any], str] | None = None) -> Claim:
     """Does each compared run beat the first row (the reference) on `key`? `better` says which way;
     `tolerance` lets a run fall that far behind and still count (0: strictly better)."""
-    from pipeline.reporting.report import fmt, num
+    from pipeline.reporting.format import fmt, num
 
     show = show or fmt
     ref = rows[0]

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from pipeline.engine.stage import Stage, StageConfig
-from pipeline.train.loop import TrainingConfig, save_trained, train
+from pipeline.train.checkpoints import save_trained
+from pipeline.train.loop import TrainingConfig, train
 
 
 class DenseWarmupConfig(StageConfig, TrainingConfig):
@@ -23,5 +24,4 @@ class DenseWarmup(Stage):
         result = train(ctx, cfg, model, data)
 
         save_trained(ctx, model, card, result, cfg.select)
-        ctx.metrics.update(result.summary())
-        ctx.metrics.update({"selected": cfg.select, "epochs_run": len(result.history), "steps": result.steps})
+        ctx.metrics.update(result.metrics(cfg.select))

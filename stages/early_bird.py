@@ -16,11 +16,12 @@ from pydantic import Field, model_validator
 from pipeline.engine import distributed
 from pipeline.engine.errors import PipelineError, StageFailed
 from pipeline.engine.seeding import Stream
-from pipeline.metrics.flops import inference_record
+from pipeline.metrics.flops import FlopsRecord, InferenceFlops
 from pipeline.engine.schema import Ratio
 from pipeline.sparsity import EarlyBirdDetector, global_magnitude_masks
+from pipeline.sparsity.record import SparsityRecord
 from pipeline.sparsity.tickets import (CriterionConfig, Scope, TicketHooks, check_criterion, criterion_batches,
-                                       rewind_epoch, scope_params, sparsity_record, ticket_masks)
+                                       rewind_epoch, scope_params, ticket_masks)
 from pipeline.engine.stage import Stage, StageConfig
 from pipeline.train.loop import ScheduleConfig, TrainingConfig, train
 
@@ -120,19 +121,20 @@ class EarlyBird(Stage):
             model.load_state_dict(hooks.snapshot)
         ctx.save_model(model, card, masks=masks)
 
-        sparsity = sparsity_record(masks)
+        sparsity = SparsityRecord.of(masks)
         weights_from = f"epoch {epochs_run}" if cfg.rewind_to is None else cfg.rewind_to
         ctx.record["early_bird"] = {
             "emerged": emerged, "epoch": epoch, "epochs_run": epochs_run, "weights_from": weights_from,
             "density": cfg.density, "window": cfg.window, "threshold": cfg.threshold,
             "detect_scope": cfg.detect_scope, "criterion": cfg.criterion.model_dump(mode="json"),
-            "curve": detector.curve, "final_density": sparsity["density"], "layer_densities": sparsity["layers"],
+            "curve": detector.curve, "final_density": sparsity.density, "layer_densities": sparsity.layers,
         }
-        ctx.record["sparsity"] = sparsity
-        flops = ctx.record["flops"]  # set by train(): the dense search
-        flops["inference"] = inference_record(model, (data.in_chans, *data.input_size), masks.layer_densities(),
-                                              at="the ticket's masks")
-        flops["training"]["note"] = "dense early-bird search; the sparse training is counted by the next stage"
-        ctx.metrics.update(result.summary())
-        ctx.metrics.update({"emerged": emerged, "emergence_epoch": epoch, "epochs_run": epochs_run,
-                            "steps": result.steps, "density": sparsity["density"], "sparsity": sparsity["sparsity"]})
+        ctx.record["sparsity"] = sparsity.to_json()
+        flops = FlopsRecord.from_json(ctx.record["flops"])  # set by train(): the dense search
+        flops.inference = InferenceFlops.of(model, (data.in_chans, *data.input_size), masks.layer_densities(),
+                                            at="the ticket's masks")
+        flops.training.note = "dense early-bird search; the sparse training is counted by the next stage"
+        ctx.record["flops"] = flops.to_json()
+        ctx.metrics.update(result.metrics())
+        ctx.metrics.update({"emerged": emerged, "emergence_epoch": epoch, "density": sparsity.density,
+                            "sparsity": sparsity.sparsity})

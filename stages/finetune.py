@@ -14,7 +14,8 @@ from pipeline.engine.seeding import Stream, derive_seed
 from pipeline.engine.errors import DataError
 from pipeline.engine.stage import Stage, StageConfig
 from pipeline.sparsity.hooks import MaskHooks
-from pipeline.train.loop import TrainingConfig, save_trained, train
+from pipeline.train.checkpoints import save_trained
+from pipeline.train.loop import TrainingConfig, train
 from pipeline.models.transfer import (
     MODEL_DATA_KEY,
     TransferConfig,
@@ -43,12 +44,12 @@ class Finetune(Stage):
 
     def run(self, ctx) -> None:
         cfg: FinetuneConfig = ctx.config
-        holder = ctx.input.model_stage().name
+        holder = ctx.input.model_holder().name
         source = holder if cfg.ticket_round is None else f"{holder} round {cfg.ticket_round}"
         if cfg.ticket_round is not None:
             from pipeline.sparsity.tickets import load_round  # imp's per-round ticket files
 
-            model, masks, card = load_round(ctx.input.model_stage(), cfg.ticket_round, ctx.device)
+            model, masks, card = load_round(ctx.input.model_holder(), cfg.ticket_round, ctx.device)
         else:
             model, masks, card = ctx.load_input_model()
         if cfg.transfer is not None:
@@ -77,7 +78,6 @@ class Finetune(Stage):
 
         save_trained(ctx, model, card, result, cfg.select, masks=masks)
         # the same key the training loop picked its best epoch by, so the metrics describe the kept weights
-        ctx.metrics.update(result.summary())
-        ctx.metrics.update({"selected": cfg.select, "epochs_run": len(result.history), "steps": result.steps})
+        ctx.metrics.update(result.metrics(cfg.select))
         if masks is not None:
             ctx.metrics["density"] = float(masks.density())

@@ -15,10 +15,11 @@ rewind point under mask_k, the ticket a downstream stage retrains, or the round'
 `ticket_weights: trained`), listed in stage.json `imp.rounds`. model.safetensors / masks.safetensors
 hold round `select_round`; `pipeline.sparsity.tickets.load_round` reads any other round.
 
-Resume: the state between rounds (round number, current mask, records, ticket files' sha256) is the
-stage's progress; each round's train() runs in `ctx.sub_context("round_KK")`, which gives it its own
-progress folder, history (rows tagged with `round`) and record. stage.json `history_select` names the
-selected round, so downstream summaries read that round's epochs only.
+Resume: the state between rounds (`pipeline.sparsity.imp.ImpProgress`: round number, current mask,
+records, rewind point) is the stage's progress, and the tickets are surviving artifacts of the stage;
+each round's train() runs in `ctx.sub_context("round_KK")`, which gives it its own progress folder,
+history (rows tagged with `round`) and record. stage.json `history_select` names the selected round,
+so downstream summaries read that round's epochs only.
 """
 from __future__ import annotations
 
@@ -29,12 +30,13 @@ from pydantic import Field, model_validator
 from pipeline.engine import store
 from pipeline.engine.errors import PipelineError
 from pipeline.engine.seeding import Stream
-from pipeline.metrics.flops import FLOPS_CONVENTION, inference_record
+from pipeline.metrics.flops import FlopsRecord, InferenceFlops, TrainingFlops
 from pipeline.engine.schema import Ratio
 from pipeline.sparsity import MaskSet, imp_round_density
+from pipeline.sparsity.imp import ImpProgress
+from pipeline.sparsity.record import SparsityRecord
 from pipeline.sparsity.tickets import (CriterionConfig, Scope, TicketHooks, check_criterion,
-                                       criterion_batches, rewind_epoch, round_files, round_metadata, sparsity_record,
-                                       ticket_masks)
+                                       criterion_batches, rewind_epoch, round_files, round_metadata, ticket_masks)
 from pipeline.engine.stage import Stage, StageConfig
 from pipeline.train.loop import OptimizerConfig, ScheduleConfig, TrainingConfig, cpu_state, train
 
@@ -119,61 +121,55 @@ class Imp(Stage):
         if in_masks is not None:
             raise PipelineError(f"imp: input stage {ctx.input.name!r} is already sparse; imp starts from a dense model")
         where = f"stages.{ctx.name}.criterion"
-        p = cfg.prune_fraction
         last = cfg.rounds if cfg.method == "imp" else 1
-        tickets = ctx.progress_dir / "tickets"
 
-        state = ctx.load_progress()
-        if state is None:
+        saved = ctx.load_progress()
+        if saved is None:
             mask = self._first_mask(ctx, cfg, model, data, where)  # None: imp starts with a dense round 0
-            state = {"round": 0 if mask is None else 1, "mask": _plain(mask), "rounds": [],
-                     "rewind_file": "rewind_input.safetensors",  # the input = the "pretrained" rewind point
-                     "rewind_sha": store.save_tensors(ctx.progress_dir / "rewind_input.safetensors", cpu_state(model)),
-                     "rewind_fixed": rewind_epoch(cfg.rewind_to) == 0,
-                     "epoch": f"round {0 if mask is None else 1}", "step": 0}  # what `pipeline status` shows
-            ctx.save_progress(state)
-        rewind = store.load_tensors(ctx.progress_dir / state["rewind_file"], state["rewind_sha"])
+            name = "rewind_input.safetensors"  # the input = the "pretrained" rewind point
+            state = ImpProgress(round=0 if mask is None else 1, mask=mask, rewind_file=name,
+                                rewind_sha=store.save_tensors(ctx.progress_dir / name, cpu_state(model)),
+                                rewind_fixed=rewind_epoch(cfg.rewind_to) == 0)
+            ctx.save_progress(state.state_dict())
+        else:
+            state = ImpProgress.from_state_dict(saved, ctx.device)
+        rewind = store.load_tensors(ctx.progress_dir / state.rewind_file, state.rewind_sha)
 
-        while state["round"] <= last:
-            k = state["round"]
-            mask = MaskSet(state["mask"]).to(ctx.device) if state["mask"] else None
+        while state.round <= last:
+            k, mask = state.round, state.mask
             model.load_state_dict(rewind)
-            hooks = TicketHooks(mask, snapshot_epoch=None if state["rewind_fixed"] else rewind_epoch(cfg.rewind_to))
+            hooks = TicketHooks(mask, snapshot_epoch=None if state.rewind_fixed else rewind_epoch(cfg.rewind_to))
             rctx = ctx.sub_context(f"round_{k:02d}", {"round": k})
             ctx.log(f"[{ctx.name}] round {k}: " + (f"sparsity {1 - mask.density():.4f}" if mask else "dense"))
             result = train(rctx, cfg, model, data, hooks=hooks)
 
-            if not state["rewind_fixed"]:  # the first training run reached epoch N: that is the rewind point now
+            if not state.rewind_fixed:  # the first training run reached epoch N: that is the rewind point now
                 rewind = hooks.snapshot
-                name = f"rewind_{cfg.rewind_to}.safetensors"  # a new file: the saved state still names the old one
-                state = {**state, "rewind_file": name, "rewind_fixed": True,
-                         "rewind_sha": store.save_tensors(ctx.progress_dir / name, rewind)}
+                state.rewind_file = f"rewind_{cfg.rewind_to}.safetensors"  # a new file: the saved state names the old
+                state.rewind_sha = store.save_tensors(ctx.progress_dir / state.rewind_file, rewind)
+                state.rewind_fixed = True
             trained = result.chosen_state(cfg.select)
             record = {"round": k, "epochs_run": len(result.history), "steps": result.steps,
-                      "metrics": result.summary(),
-                      "flops": rctx.record["flops"]["training"], "files": None}
+                      "metrics": result.summary(), "flops": rctx.record["flops"]["training"], "files": None}
             if mask is not None:
                 record.update(_ticket_numbers(cfg, mask, k))
-                source = rewind if cfg.ticket_weights == "rewind" else trained
                 weights_file, masks_file = round_files(k)
                 record["files"] = {
-                    weights_file: store.save_tensors(tickets / weights_file, _masked(source, mask),
-                                                     metadata=round_metadata(card["arch"], ctx.name, k)),
-                    masks_file: store.save_tensors(tickets / masks_file, _plain(mask))}
+                    weights_file: ctx.save_surviving(weights_file, rewind if cfg.ticket_weights == "rewind" else trained,
+                                                     masks=mask, metadata=round_metadata(card["arch"], ctx.name, k)),
+                    masks_file: ctx.save_surviving(masks_file, mask.state_dict())}
             else:
                 record.update({"density": 1.0, "sparsity": 0.0, "target_sparsity": 0.0})
             next_mask = None
             if k < last:
                 model.load_state_dict(trained)
-                next_mask = ticket_masks(model, cfg.criterion, imp_round_density(p, k + 1), within=mask, where=where,
-                                         batches=_batches(ctx, cfg, data))
-            rounds = [*state["rounds"], record]
-            state = {**state, "round": k + 1, "mask": _plain(next_mask), "rounds": rounds,
-                     "epoch": f"round {k + 1}", "step": sum(r["steps"] for r in rounds)}
-            ctx.save_progress(state)
+                next_mask = ticket_masks(model, cfg.criterion, imp_round_density(cfg.prune_fraction, k + 1),
+                                         within=mask, where=where, batches=_batches(ctx, cfg, data))
+            state.finish_round(record, next_mask)
+            ctx.save_progress(state.state_dict())
             rctx.clear_progress()
 
-        self._finish(ctx, cfg, state, model, card, data, tickets, last)
+        self._finish(ctx, cfg, state.rounds, model, card, data, last)
 
     @staticmethod
     def _first_mask(ctx, cfg: ImpConfig, model, data, where: str) -> MaskSet | None:
@@ -190,27 +186,21 @@ class Imp(Stage):
         check_criterion(model, cfg.criterion, imp_round_density(cfg.prune_fraction, 1), where=where)
         return None
 
-    def _finish(self, ctx, cfg: ImpConfig, state: dict, model, card: dict, data, tickets, last: int) -> None:
-        rounds = state["rounds"]
-        for rec in rounds:
-            for name, sha in (rec["files"] or {}).items():
-                ctx.write_bytes(name, store.verify_file(tickets / name, sha))
+    def _finish(self, ctx, cfg: ImpConfig, rounds: list[dict], model, card: dict, data, last: int) -> None:
         chosen = last if cfg.select_round == "last" else cfg.select_round
         rec = next(r for r in rounds if r["round"] == chosen)
         weights_file, masks_file = round_files(chosen)
-        model.load_state_dict(store.load_tensors(ctx.dir / weights_file, ctx.files[weights_file]))
-        masks = MaskSet(store.load_tensors(ctx.dir / masks_file, ctx.files[masks_file])).to(ctx.device)
+        model.load_state_dict(ctx.surviving_tensors(weights_file))
+        masks = MaskSet(ctx.surviving_tensors(masks_file)).to(ctx.device)
         ctx.save_model(model, card, masks=masks)
 
-        sparsity = sparsity_record(masks)
-        ctx.record["flops"] = {
-            "inference": inference_record(model, (data.in_chans, *data.input_size), masks.layer_densities(),
-                                          at=f"round {chosen}'s masks"),
-            "training": {key: sum(r["flops"][key] for r in rounds) for key in ("paper", "corrected", "images", "steps")}
-            | {"mode": cfg.mode, "attack_steps": rounds[0]["flops"]["attack_steps"], "rounds_trained": len(rounds),
-               "note": "sum over every training run of the stage (each round, and round 0 when dense)"},
-            "convention": FLOPS_CONVENTION,
-        }
+        sparsity = SparsityRecord.of(masks)
+        ctx.record["flops"] = FlopsRecord(
+            inference=InferenceFlops.of(model, (data.in_chans, *data.input_size), masks.layer_densities(),
+                                        at=f"round {chosen}'s masks"),
+            training=TrainingFlops.total([TrainingFlops.from_json(r["flops"]) for r in rounds],
+                                         note="sum over every training run of the stage (each round, and round 0 "
+                                              "when dense)")).to_json()
         ctx.record["imp"] = {
             "method": cfg.method, "prune_fraction": cfg.prune_fraction if cfg.method == "imp" else None,
             "target_sparsity": cfg.target_sparsity, "prune_before_training": cfg.prune_before_training,
@@ -218,11 +208,11 @@ class Imp(Stage):
             "criterion": cfg.criterion.model_dump(mode="json") | ({"pruner": "random"} if cfg.method == "random" else {}),
             "selected_round": chosen, "rounds": rounds,
         }
-        ctx.record["sparsity"] = sparsity
+        ctx.record["sparsity"] = sparsity.to_json()
         ctx.record["history_select"] = {"round": chosen}  # downstream summaries read the selected round's epochs
         ctx.metrics.update(rec["metrics"])
         ctx.metrics.update({"method": cfg.method, "selected_round": chosen, "rounds_trained": len(rounds),
-                            "density": sparsity["density"], "sparsity": sparsity["sparsity"],
+                            "density": sparsity.density, "sparsity": sparsity.sparsity,
                             "steps": sum(r["steps"] for r in rounds)})
 
 
@@ -231,15 +221,7 @@ def _batches(ctx, cfg: ImpConfig, data) -> list | None:
 
 
 def _ticket_numbers(cfg: ImpConfig, mask: MaskSet, k: int) -> dict:
-    s = sparsity_record(mask)
+    s = SparsityRecord.of(mask)
     target = 1 - imp_round_density(cfg.prune_fraction, k) if cfg.method == "imp" else cfg.target_sparsity
-    return {"density": s["density"], "sparsity": s["sparsity"], "target_sparsity": target,
-            "kept": s["kept"], "total": s["total"], "layer_densities": s["layers"]}
-
-
-def _plain(mask: MaskSet | None) -> dict:
-    return {n: m.cpu() for n, m in mask.items()} if mask is not None else {}
-
-
-def _masked(state: dict, mask: MaskSet) -> dict:
-    return {n: (t * mask[n].to(t.device, t.dtype)) if n in mask else t for n, t in state.items()}
+    return {"density": s.density, "sparsity": s.sparsity, "target_sparsity": target,
+            "kept": s.kept, "total": s.total, "layer_densities": s.layers}

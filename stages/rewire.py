@@ -9,7 +9,7 @@ A run killed mid-stage resumes bit-identically on CPU (the whole sparsity state 
 Files written besides model.safetensors / masks.safetensors (the selected epoch's weights and masks)
 and model_final.safetensors or model_best.safetensors with its own .masks.safetensors (the other of
 the two, zero outside its own epoch's masks; stage.json "checkpoints" says which is which, as for the
-other training stages; see pipeline.train.loop.save_trained):
+other training stages; see pipeline.train.checkpoints.save_trained):
 
 - `updates.jsonl`: one JSON object per topology event, in order:
     event_index (1-based), event ("prune_grow" | "grow" | "prune_back" (MEST) | "gradual_prune" (GraNet)),
@@ -42,7 +42,9 @@ from pipeline.engine.schema import Ratio
 from pipeline.sparsity.dst import (METHODS, RewireHooks, Schedule, SparsityConfig, any_settings_model, build_method,
                                    validate_sparsity)
 from pipeline.engine.stage import Stage, StageConfig
-from pipeline.train.loop import TrainingConfig, save_trained, train
+from pipeline.sparsity.record import SparsityRecord
+from pipeline.train.checkpoints import save_trained
+from pipeline.train.loop import TrainingConfig, train
 
 
 class RewireConfig(StageConfig, TrainingConfig):
@@ -114,18 +116,13 @@ class Rewire(Stage):
 
         prune_grow = sum(1 for e in state.log if e["event"] == "prune_grow")
         layer_macs = count_macs(model, (data.in_chans, *data.input_size))
-        ctx.record["sparsity"] = {
-            "method": cfg.method, "target_density": cfg.density, "selected": "best" if best else "final",
-            "density": chosen.density(), "final_density": state.masks.density(),
-            "layers": chosen.layer_densities(), "counts": chosen.counts(),
-            "flops_ratio": inference_flops(layer_macs, chosen.layer_densities())["ratio"],
-            "events": state.events, "prune_grow_updates": prune_grow, "connections_changed": state.changed_total,
-            "ever_active": state.ever_active_fraction(), "dense_layers": sorted(state.frozen),
-            "updates_file": "updates.jsonl",
-        }
-        if best:
-            ctx.record["sparsity"]["final_layers"] = state.masks.layer_densities()
-        ctx.metrics.update(result.summary())
-        ctx.metrics.update({"selected": cfg.select, "epochs_run": len(result.history), "steps": result.steps,
-                            "density": chosen.density(), "ever_active": state.ever_active_fraction(),
+        ctx.record["sparsity"] = SparsityRecord.of(
+            chosen, method=cfg.method, target_density=cfg.density, selected="best" if best else "final",
+            final_density=state.masks.density(), final_layers=state.masks.layer_densities() if best else None,
+            counts=chosen.counts(), flops_ratio=inference_flops(layer_macs, chosen.layer_densities())["ratio"],
+            events=state.events, prune_grow_updates=prune_grow, connections_changed=state.changed_total,
+            ever_active=state.ever_active_fraction(), dense_layers=sorted(state.frozen), updates_file="updates.jsonl",
+        ).to_json()
+        ctx.metrics.update(result.metrics(cfg.select))
+        ctx.metrics.update({"density": chosen.density(), "ever_active": state.ever_active_fraction(),
                             "sparsity_events": state.events})

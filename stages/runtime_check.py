@@ -9,6 +9,7 @@ from pydantic import Field
 from pydantic import PositiveInt
 
 from exports.ort_runtime import ProviderMissing, available_providers, benchmark
+from exports.runtime_record import RuntimeRecord
 from pipeline.engine.errors import PipelineError
 from pipeline.engine.stage import Stage, StageConfig
 
@@ -31,7 +32,7 @@ class RuntimeCheck(Stage):
     def run(self, ctx) -> None:
         cfg: RuntimeCheckConfig = ctx.config
         onnx_path = ctx.input.file(cfg.onnx_file)
-        card = ctx.input.model_stage().card
+        card = ctx.input.model_holder().card
         shape = (card["in_chans"], *card["input_size"])
         threads = cfg.intra_op_threads or os.cpu_count() or 1
         present = available_providers()
@@ -55,10 +56,10 @@ class RuntimeCheck(Stage):
             for b, r in res["per_batch"].items():
                 ctx.log(f"[{ctx.name}] {prov} batch {b}: median {r['median_ms']:.3f} ms, p90 {r['p90_ms']:.3f} ms, "
                         f"{r['throughput_img_s']:.0f} img/s")
-        runtime = {"model": str(onnx_path.relative_to(ctx.run_dir)), "input_shape": list(shape),
-                   "intra_op_threads": threads, "providers": results}
+        runtime = RuntimeRecord(model=str(onnx_path.relative_to(ctx.run_dir)), input_shape=list(shape),
+                                intra_op_threads=threads, providers=results).to_json()
         ctx.write_json("runtime.json", runtime)
-        ctx.record["runtime"] = runtime
+        ctx.record[RuntimeRecord.SECTION] = runtime
         cpu1 = results["cpu"]["per_batch"].get("1") if results["cpu"].get("status") == "ok" else None
         if cpu1:
             ctx.metrics.update({"cpu_b1_median_ms": cpu1["median_ms"], "cpu_b1_p90_ms": cpu1["p90_ms"]})

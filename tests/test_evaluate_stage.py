@@ -16,7 +16,11 @@ from torch import nn
 
 from pipeline.metrics.autoattack import AutoAttackConfig, find_autoattack, run_autoattack
 from pipeline.engine.errors import PipelineError, StageFailed
-from stages.evaluate import EvaluateConfig, _flat_metrics, _gaps, _same_weights, history_summary, kept_checkpoints
+from pipeline.engine import store
+from pipeline.engine.rundir import StageRecord
+from pipeline.metrics.evaluation import EvaluationMetrics, SplitScores, checkpoint_gaps
+from pipeline.train.checkpoints import CheckpointsRecord, kept_checkpoints
+from stages.evaluate import EvaluateConfig
 
 from .conftest import run_cli, tiny_config
 
@@ -25,19 +29,12 @@ EPS = 8 / 255
 
 # -- metric definitions on constructed results -------------------------------------------------------
 
-class FakeHolder:
-    def __init__(self, record: dict, history: list[dict], files=()):
-        self.record, self._history, self._files = record, history, set(files) | {"model.safetensors"}
-
-    @property
-    def metrics(self) -> dict:
-        return self.record.get("metrics", {})
-
-    def history(self) -> list[dict]:
-        return self._history
-
-    def has_file(self, name: str) -> bool:
-        return name in self._files
+def stage_on_disk(tmp_path, files: dict[str, bytes], **sections) -> StageRecord:
+    sdir = tmp_path / "train"
+    sdir.mkdir(parents=True)
+    shas = {name: store.atomic_write_bytes(sdir / name, data) for name, data in files.items()}
+    store.atomic_write_json(sdir / "stage.json", {"name": "train", "type": "dense_warmup", **sections, "files": shas})
+    return StageRecord(tmp_path, "train")
 
 
 HISTORY = [{"epoch": 1, "train_acc": 50.0, "val_ra": 30.0, "test_ra": 31.0, "test_sa": 60.0},
@@ -45,43 +42,44 @@ HISTORY = [{"epoch": 1, "train_acc": 50.0, "val_ra": 30.0, "test_ra": 31.0, "tes
            {"epoch": 3, "train_acc": 80.0, "val_ra": 35.0, "test_ra": 38.0, "test_sa": 75.0}]
 
 
-def test_checkpoints_found_from_the_record_or_the_select_setting():
-    rec = {"checkpoints": {"files": {"model.safetensors": "best", "model_final.safetensors": "final"},
-                           "best_epoch": 2, "final_epoch": 3}}
-    cks = kept_checkpoints(FakeHolder(rec, HISTORY, files=["model_final.safetensors"]))
+def test_checkpoints_come_from_the_record_save_trained_writes(tmp_path):
+    rec = CheckpointsRecord(files={"model.safetensors": "best", "model_final.safetensors": "final"}, best_epoch=2,
+                            final_epoch=3)
+    both = {"model.safetensors": b"a", "model_final.safetensors": b"b"}
+    cks = kept_checkpoints(stage_on_disk(tmp_path / "a", both, checkpoints=rec.to_json()))
     assert [(c.which, c.file, c.epoch) for c in cks] == [("best", "model.safetensors", 2),
                                                          ("final", "model_final.safetensors", 3)]
-    # a stage that does not record its checkpoints: its `select` setting and the history tell
-    cks = kept_checkpoints(FakeHolder({"metrics": {"selected": "best"}}, HISTORY))
-    assert [(c.which, c.epoch) for c in cks] == [("best", 2)]  # best val RA is epoch 2
-    assert [(c.which, c.epoch) for c in kept_checkpoints(FakeHolder({}, []))] == [("unknown", None)]
+    # a stage that keeps one model without a checkpoints record (early_bird, imp)
+    plain = stage_on_disk(tmp_path / "b", {"model.safetensors": b"a"})
+    assert [(c.which, c.epoch) for c in kept_checkpoints(plain)] == [("unknown", None)]
     # best epoch = last epoch: the one file is both checkpoints
-    last = {"checkpoints": {"files": {"model.safetensors": "final"}, "best_epoch": 3, "final_epoch": 3}}
-    assert _same_weights(FakeHolder(last, HISTORY)) == {"best", "final"} and not _same_weights(FakeHolder(rec, HISTORY))
+    assert CheckpointsRecord(files={"model.safetensors": "final"}, best_epoch=3, final_epoch=3).same_weights
+    assert not rec.same_weights
+    # the record is typed: an unknown key is an error naming the file and the key
+    bad = stage_on_disk(tmp_path / "c", both, checkpoints={**rec.to_json(), "chosen": "best"})
+    with pytest.raises(PipelineError, match=r"stage.json: checkpoints: unknown key\(s\) chosen"):
+        kept_checkpoints(bad)
 
 
-def test_gap_definitions_hand_computed():
+def test_gap_definitions_and_metric_keys_hand_computed():
     res = {"sa": {"train": 90.0, "test": 80.0}, "n": {"train": 10, "test": 10},
            "ra": {"pgd20": {"train": 60.0, "test": 45.0, "gap": 15.0}}}
-    gaps = _gaps(res, "pgd20", HISTORY, epoch=2)
+    gaps = checkpoint_gaps(res, "pgd20", HISTORY, epoch=2)
     assert gaps == {"robust_gap": 15.0, "robust_gap_running_train": 70.0 - 45.0, "running_train_acc": 70.0}
-    assert _gaps(res, "pgd20", HISTORY, epoch=None)["robust_gap_running_train"] is None
-    res.update(gaps)
-    res["clean_loss"] = {"train": 0.3, "test": 0.5}
-    res["ra"]["pgd20"]["robust_loss"] = {"train": 1.0, "test": 1.2}
+    assert checkpoint_gaps(res, "pgd20", HISTORY, epoch=None)["robust_gap_running_train"] is None
+    assert checkpoint_gaps(res, "pgd20", [], epoch=2)["robust_gap_running_train"] is None  # clean-trained
     first = EvaluateConfig(name="e", type="evaluate").attacks[0]
-    flat = _flat_metrics(res, first, "best")
+    m = EvaluationMetrics(checkpoint="best", splits={"train": SplitScores(10, 90.0, 0.3, 60.0, 1.0),
+                                                     "test": SplitScores(10, 80.0, 0.5, 45.0, 1.2)},
+                          attack=first.model_dump(mode="json"), ra=res["ra"], checkpoints={},
+                          robust_gap=gaps["robust_gap"])
+    flat = m.to_json()
     assert flat["train_ra"] - flat["test_ra"] == flat["robust_gap"] == 15.0
     assert flat["test_sa"] == 80.0 and flat["checkpoint"] == "best" and flat["attack"]["steps"] == 20
-
-
-def test_history_summary_follows_the_selection_rule():
-    s = history_summary(HISTORY)
-    assert (s["best_epoch"], s["RA_best"], s["RA_final"], s["RA_diff"]) == (2, 42.0, 38.0, 4.0)  # overfitting 4 pp
-    clean = [{"epoch": 1, "val_sa": 80.0, "test_sa": 79.0}, {"epoch": 2, "val_sa": 78.0, "test_sa": 81.0}]
-    s = history_summary(clean)  # trained and evaluated without attacks: selected on val SA, no RA
-    assert s["best_epoch"] == 1 and s["RA_diff"] is None and s["SA_diff"] == -2.0
-    assert history_summary([]) == {}
+    assert list(flat)[:6] == ["checkpoint", "train_sa", "train_n", "train_loss", "train_ra", "train_robust_loss"]
+    assert EvaluationMetrics.from_json(flat) == m
+    with pytest.raises(PipelineError, match="unknown evaluation metric 'test_acc'"):
+        EvaluationMetrics.from_json({**flat, "test_acc": 1.0})
 
 
 def test_config_attack_rules():

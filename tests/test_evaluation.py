@@ -10,7 +10,7 @@ from torch import nn
 
 from pipeline.metrics.attacks import AttackConfig
 from pipeline.engine.errors import DataError, PipelineError
-from pipeline.metrics.evaluation import robust_gap, robust_overfitting, select_best, summarize_history, evaluate
+from pipeline.metrics.evaluation import robust_gap, select_best, selection_key, summarize_history, summarize_selected, evaluate
 
 K = 4.0  # logit scale of the brightness classifier (small, so the CE is far from fp32 round-off)
 
@@ -155,6 +155,16 @@ def test_summarize_history_hand_computed():
     assert summarize_history(HISTORY, select_key="test_ra")["best_epoch"] == 3
 
 
+def test_selection_rule_val_ra_else_val_sa():
+    assert selection_key(HISTORY) == "val_ra"
+    clean = [{"epoch": 1, "val_sa": 80.0, "test_sa": 79.0}, {"epoch": 2, "val_sa": 78.0, "test_sa": 81.0}]
+    assert selection_key(clean) == "val_sa"  # trained and evaluated without attacks: no RA to select on
+    s = summarize_selected(clean)
+    assert s["best_epoch"] == 1 and s["RA_diff"] is None and s["SA_diff"] == -2.0
+    assert selection_key([{"epoch": 1, "val_ra": math.nan, "val_sa": 5.0}]) == "val_sa"
+    assert selection_key([]) is None and summarize_selected([]) == {}
+
+
 def test_select_best_skips_nan_and_needs_some_value():
     assert select_best([{"val_ra": math.nan}, {"val_ra": 1.0}]) == 1
     with pytest.raises(PipelineError, match="val_ra"):
@@ -164,5 +174,5 @@ def test_select_best_skips_nan_and_needs_some_value():
 def test_gap_and_overfitting_match_the_paper_table():
     # SW C10 dense row: final test RA 43.61 with gap 38.82 -> train RA 82.43; best 51.10 -> Diff 7.49.
     assert robust_gap(82.43, 43.61) == pytest.approx(38.82)
-    assert robust_overfitting(51.10, 43.61) == pytest.approx(7.49)
-    assert np.isclose(robust_overfitting(26.93, 19.62), 7.31)
+    assert summarize_history([{"epoch": 1, "val_ra": 2.0, "test_ra": 51.10}, {"epoch": 2, "val_ra": 1.0, "test_ra": 43.61}]
+                             )["RA_diff"] == pytest.approx(7.49)

@@ -12,7 +12,12 @@ import torch
 import yaml
 
 from pipeline.engine import store
-from pipeline.reporting.report import early_bird_series, mask_densities, update_series, write_report
+from exports.runtime_record import RuntimeRecord
+from pipeline.metrics.flops import FlopsRecord, InferenceFlops, TrainingFlops
+from pipeline.reporting.report import write_report
+from pipeline.reporting.sections.sparsity import early_bird_series, update_series
+from pipeline.sparsity.masks import MaskSet
+from pipeline.sparsity.record import SparsityRecord
 
 from .conftest import run_cli, tiny_config
 
@@ -155,6 +160,12 @@ CARD = {"arch": "small_cnn", "num_classes": 10, "in_chans": 1, "input_size": [8,
         "class_names": [str(i) for i in range(10)], "dataset": "digits"}
 
 
+def _flops(dense: float, sparse: float, paper: float, corrected: float, images: int) -> dict:
+    """A FLOPs record as train() writes it (PGD-10)."""
+    return FlopsRecord(inference=InferenceFlops(dense, sparse, sparse / dense),
+                       training=TrainingFlops(paper, corrected, images, images // 100, "pgd", 10)).to_json()
+
+
 def build_sparse_run(run: Path) -> Path:
     """Hand-built: early_bird -> rewire (Flying Bird+ update log) -> evaluate (best and final checkpoints, two
     attacks, corruptions) -> runtime_check (CPU ok, CUDA skipped). Masks fit the real small_cnn."""
@@ -174,8 +185,7 @@ def build_sparse_run(run: Path) -> Path:
     _stage(run, "eb", "early_bird", metrics={"density": 0.3},
            files={"history.jsonl": _jsonl(history_rows(5, 5)), "masks.safetensors": masks},
            early_bird={"emerged": True, "epoch": 5, "window": 3, "threshold": 0.08, "curve": curve},
-           flops={"inference": {"dense_flops": 1.0e6, "sparse_flops": 3.0e5, "ratio": 0.3},
-                  "training": {"paper": 1.5e10, "corrected": 1.5e10, "images": 1000}})
+           flops=_flops(1.0e6, 3.0e5, 1.5e10, 1.5e10, 1000))
     # the rewire log as stages/rewire.py writes it; Flying Bird+ signals from the 5th update on
     updates = [{"event_index": i + 1, "event": "prune_grow", "step": 10 * (i + 1) - 1, "epoch": i // 2,
                 "drop_fraction": 0.5, "dropped": 20, "grown": 20, "changed": 40 - 3 * i, "density": 0.3 - 0.01 * i,
@@ -187,10 +197,10 @@ def build_sparse_run(run: Path) -> Path:
     _stage(run, "fb", "rewire", input="eb", metrics={"density": 0.23},
            files={"history.jsonl": _jsonl(history_rows(8, 5)), "masks.safetensors": fb_masks,
                   "updates.jsonl": _jsonl(updates)},
+           sparsity=SparsityRecord.of(MaskSet(fb_masks), method="flying_bird_plus", updates_file="updates.jsonl").to_json(),
            config={"name": "fb", "type": "rewire", "input": "eb",
                    "sparsity": {"adaptive": {"prune_threshold": 0.5, "grow_threshold": 0.5}}},
-           flops={"inference": {"dense_flops": 1.0e6, "sparse_flops": 2.3e5, "ratio": 0.23},
-                  "training": {"paper": 6.0e10, "corrected": 4.2e10, "images": 8000}})
+           flops=_flops(1.0e6, 2.3e5, 6.0e10, 4.2e10, 8000))
     corruption = {"source": "generated", "clean_acc": 90.0, "mean_acc": 70.0, "mean_acc_15": 71.0,
                   "per": {"gaussian_noise": [80, 75, 70, 65, 60], "fog": [85, 80, 75, 70, 65]}}
     pgd = {"kind": "pgd", "eps": 8 / 255, "step": 2 / 255, "steps": 20, "random_start": True, "restarts": 1}
@@ -200,7 +210,7 @@ def build_sparse_run(run: Path) -> Path:
              "robust_gap": 14.0, "robust_gap_running_train": 20.0}
     _stage(run, "evaluate", "evaluate", input="fb", model_from="fb",
            metrics={"checkpoint": "best", "train_ra": 60.0, "test_ra": 48.5, "train_sa": 80.0, "test_sa": 66.0,
-                    "test_n": 100, "train_n": 100, "robust_gap": 11.5, "robust_gap_running_train": 20.0, "attack": pgd,
+                    "test_n": 100, "train_n": 100, "train_loss": 0.6, "test_loss": 0.9, "robust_gap": 11.5, "robust_gap_running_train": 20.0, "attack": pgd,
                     "ra": {"pgd20": {"test": 48.5, "val": 50.0, "train": 60.0, "attack": pgd},
                            "autoattack": {"test": 44.0, "attack": {"kind": "autoattack", "eps": 8 / 255,
                                                                    "version": "standard"}}},
@@ -211,7 +221,8 @@ def build_sparse_run(run: Path) -> Path:
           "environment": {"cpu": "test cpu", "intra_op_threads": 1, "onnxruntime": "1.0"}}
     _stage(run, "runtime_check", "runtime_check", input="evaluate", model_from="fb",
            metrics={"cpu_b1_median_ms": 0.5},
-           runtime={"model": "export/model.onnx", "providers": {"cpu": ok, "cuda": {"status": "skipped", "reason": "no GPU"}}})
+           runtime=RuntimeRecord(model="export/model.onnx", input_shape=[1, 8, 8], intra_op_threads=1,
+                                 providers={"cpu": ok, "cuda": {"status": "skipped", "reason": "no GPU"}}).to_json())
     return run
 
 
@@ -233,7 +244,7 @@ def test_report_of_a_hand_built_run_shows_attacks_checkpoints_corruptions_and_fb
     assert "From `updates.jsonl` (8 updates); 236 connections changed in all" in text  # 40 + 37 + ... + 19
     assert "2 update(s) pruned or grew extra on the Flying Bird+ signals" in text
     masks = store.load_tensors(run / "fb" / "masks.safetensors")
-    per_layer, overall = mask_densities(masks)
+    per_layer, overall = MaskSet(masks).layer_densities(), MaskSet(masks).density()
     kept = sum(int(m.sum()) for m in masks.values())
     assert overall == kept / sum(m.numel() for m in masks.values())
     assert f"overall density {overall:.4f}" in text
@@ -249,10 +260,14 @@ def test_a_damaged_file_costs_only_its_section(tmp_path):
 
 
 def test_series_readers_hand_checked():
-    s = update_series([{"step": 5, "pruned": {"a": 2, "b": 1}, "grown": {"a": 2, "b": 1},
-                        "densities": {"a": 0.5, "b": 0.25}}], sizes={"a": 100, "b": 300})
-    assert s["x"] == [5] and s["changed"] == [6]
-    assert s["density"] == [pytest.approx((0.5 * 100 + 0.25 * 300) / 400)]
+    s = update_series([{"step": 5, "changed": 6, "density": 0.3125, "ever_active": 0.4, "prune_signal": 0.5,
+                        "grow_signal": None, "extra_pruned": 3, "extra_grown": 0},
+                       {"step": 9, "changed": 4, "density": 0.3, "ever_active": 0.45, "prune_signal": None,
+                        "grow_signal": None, "extra_pruned": 0, "extra_grown": 0}])
+    assert s["x"] == [5, 9] and s["changed"] == [6, 4] and s["density"] == [0.3125, 0.3]
+    assert s["prune"] == [0.5, None] and s["adaptive"] == [True, False]
+    by_epoch = update_series([{"epoch": 2, "density": 0.5}], x_key="epoch")
+    assert by_epoch["x"] == [2] and by_epoch["changed"] == [None]
     eb = early_bird_series({"early_bird": {"threshold": 0.1, "epoch": None, "curve": [
         {"epoch": 1, "previous": None, "window": [], "fired": False},
         {"epoch": 2, "previous": 0.2, "window": [0.2, 0.3], "fired": False}]}})

@@ -204,7 +204,7 @@ def test_progress_survives_a_kill_between_its_writes(write_config, tmp_path):
     run_dir = tmp_path / "run"
 
     def ctx():
-        return StageContext(cfg=cfg, stage_cfg=cfg.stages[0], run_dir=run_dir, device="cpu",
+        return StageContext(pipeline_config=cfg, stage_cfg=cfg.stages[0], run_dir=run_dir, device="cpu",
                             console=Runner(cfg, run_dir, quiet=True).console, fingerprint="fp", data_cache={})
 
     first = ctx()

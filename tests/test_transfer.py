@@ -15,7 +15,7 @@ from pipeline.engine import store
 from pipeline.engine.config import load_config
 from pipeline.reporting.double_win import double_win_table
 from pipeline.engine.errors import CheckpointError, ConfigError
-from pipeline.models.transfer import map_state_keys, split_pruning_reparam
+from pipeline.models.transfer import transfer_masks
 
 from .conftest import run_cli
 
@@ -229,23 +229,21 @@ def test_transfer_block_is_validated_with_its_path(tmp_path):
     assert "stages[1].transfer.head" in text
 
 
-def test_foreign_checkpoint_keys_map_or_fail_loudly():
+def test_ticket_masks_that_do_not_fit_the_model_fail_loudly():
     import torch
 
-    target = {"net.conv1.weight": torch.zeros(2, 1, 3, 3), "net.fc.weight": torch.zeros(3, 2)}
-    pruned = {"module.conv1.weight_orig": torch.ones(2, 1, 3, 3),
-              "module.conv1.weight_mask": torch.zeros(2, 1, 3, 3).index_fill_(0, torch.tensor([1]), 1.0),
-              "module.fc.weight": torch.ones(3, 2)}
-    weights, masks = split_pruning_reparam(pruned)
-    assert set(weights) == {"module.conv1.weight", "module.fc.weight"}
-    assert float(weights["module.conv1.weight"].sum()) == 9.0  # only the kept filter survives
-    mapped = map_state_keys(weights, target)
-    assert set(mapped) == set(target) and mapped["net.conv1.weight"] is weights["module.conv1.weight"]
-    assert set(map_state_keys(masks, target, required=())) == {"net.conv1.weight"}
-    with pytest.raises(CheckpointError, match=r"missing 1 key\(s\): net.fc.weight"):
-        map_state_keys({"module.conv1.weight": torch.ones(2, 1, 3, 3)}, target)
-    with pytest.raises(CheckpointError, match="shape mismatch"):
-        map_state_keys({"conv1.weight": torch.ones(2, 3, 3, 3), "fc.weight": torch.ones(3, 2)}, target)
-    # an old head may be ignored explicitly, never silently
-    assert set(map_state_keys({"conv1.weight": torch.ones(2, 1, 3, 3), "fc.weight": torch.ones(9, 2)},
-                              target, required=["net.conv1.weight"], ignore=["fc.weight"])) == {"net.conv1.weight"}
+    from pipeline.models.card import build_model
+    from pipeline.sparsity import MaskSet, prunable_params
+
+    card = {"arch": "small_cnn", "num_classes": 3, "in_chans": 1, "input_size": [8, 8], "mean": [0.3], "std": [0.4],
+            "class_names": ["a", "b", "c"], "dataset": "x"}
+    model = build_model(card)
+    masks = MaskSet({n: torch.ones(p.shape, dtype=torch.bool) for n, p in prunable_params(model).items()})
+    kept, dropped = transfer_masks(masks, model, keep=True, new_head=True)
+    assert dropped == [f"{model.classifier_name}.weight"] and set(kept) == set(masks) - set(dropped)
+    wrong = MaskSet({**{n: masks[n] for n in kept}, "module.extra.weight": torch.ones(2, 2, dtype=torch.bool)})
+    with pytest.raises(CheckpointError, match=r"module.extra.weight \(2, 2\) \(no such parameter\)"):
+        transfer_masks(wrong, model, keep=True, new_head=True)
+    first = next(iter(kept))
+    with pytest.raises(CheckpointError, match=f"{first} \\(1,\\) -> "):
+        transfer_masks(MaskSet({first: torch.ones(1, dtype=torch.bool)}), model, keep=True, new_head=True)

@@ -1,1 +1,2 @@
-"""The engine: config, registry, runner, run directory, checkpoints store, locking, CLI. No ML knowledge."""
+"""The engine: config, registry, runner, the stage context, the run-directory read model (rundir), progress
+files, typed stage.json sections, seeding, checkpoints store, locking, CLI. No ML knowledge."""

@@ -1,4 +1,4 @@
-"""`pipeline` command line: run, status, stages, validate, models."""
+"""`pipeline` command line: run, status, validate, report, compare, double-win, bench, predict, stages, models."""
 from __future__ import annotations
 
 import argparse
@@ -222,19 +222,20 @@ def _status(args) -> int:
 
 
 def _print_summary(runner, statuses) -> None:
-    from pipeline.engine.context import StageHandle
+    from exports.runtime_record import RuntimeRecord
+    from pipeline.engine.rundir import StageRecord
 
     lines = []
     for s in statuses:
         if s.state != "done":
             continue
-        handle = StageHandle(runner.run_dir, s.name)
-        for fname in handle.record.get("files", {}):
+        stage = StageRecord(runner.run_dir, s.name)
+        for fname in stage.files:
             if fname.endswith(".onnx") or fname == "runtime.json":
-                lines.append(f"  {s.name}: {handle.dir / fname}")
-        rt = handle.record.get("runtime")
+                lines.append(f"  {s.name}: {stage.dir / fname}")
+        rt = stage.section(RuntimeRecord)
         if rt:
-            for prov, res in rt.get("providers", {}).items():
+            for prov, res in rt.providers.items():
                 if res.get("status") == "ok":
                     b1 = res["per_batch"].get("1") or next(iter(res["per_batch"].values()))
                     lines.append(f"    {prov}: batch 1 median {b1['median_ms']:.3f} ms, p90 {b1['p90_ms']:.3f} ms"

@@ -42,7 +42,7 @@ class RunSection(StrictModel):
 
 
 class ModelSection(StrictModel):
-    arch: str = Field(default="small_cnn", description="registered model name (see `pipeline stages --models`)")
+    arch: str = Field(default="small_cnn", description="registered model name (see `pipeline models`)")
 
     @field_validator("arch")
     @classmethod

@@ -1,9 +1,9 @@
-"""What a stage sees while it runs (`StageContext`) and how it reads a finished stage (`StageHandle`)."""
+"""What a stage sees while it runs: `StageContext`, the facade a stage reads its input and writes every
+output through (finished stages are read with `pipeline.engine.rundir.StageRecord`)."""
 from __future__ import annotations
 
 import copy
 import json
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,145 +11,49 @@ import torch
 
 from pipeline.engine import distributed, store
 from pipeline.engine.errors import CheckpointError
-from pipeline.engine.seeding import capture_rng, derive_seed, restore_rng
-from pipeline.models.card import build_model, model_card
+from pipeline.engine.progress import Progress
+from pipeline.engine.rundir import MODEL, PROGRESS_DIR, StageRecord, masks_file_for
+from pipeline.engine.seeding import derive_seed
+from pipeline.models.card import build_model
+from pipeline.models.card import model_card as card_for  # `self.model_card` is the card this stage hands on
 
 if TYPE_CHECKING:
     from pipeline.engine.config import PipelineConfig
     from pipeline.engine.console import Console
     from pipeline.data import DataSplits
 
-PROGRESS_DIR = "progress"
-STAGE_JSON = "stage.json"
-
-
-class StageHandle:
-    """A finished stage on disk. Every file it hands out is checked against the sha256 in stage.json."""
-
-    def __init__(self, run_dir: Path, name: str):
-        self.name = name
-        self.dir = Path(run_dir) / name
-        self.run_dir = Path(run_dir)
-        path = self.dir / STAGE_JSON
-        if not path.exists():
-            raise CheckpointError(f"stage {name!r} has not finished: {path} is missing; run it first")
-        self.record: dict = store.read_json(path)
-
-    @property
-    def metrics(self) -> dict:
-        return self.record.get("metrics", {})
-
-    @property
-    def card(self) -> dict | None:
-        return self.record.get("model")
-
-    def has_file(self, name: str) -> bool:
-        return name in self.record.get("files", {})
-
-    def file(self, name: str) -> Path:
-        files = self.record.get("files", {})
-        if name not in files:
-            raise CheckpointError(f"stage {self.name!r} did not write {name} (it wrote: {', '.join(files) or 'nothing'})")
-        path = self.dir / name
-        actual = store.sha256_file(path) if path.exists() else None
-        if actual != files[name]:
-            store.verify_file(path, files[name])  # raises with the clear message
-        return path
-
-    def read_tensors(self, name: str) -> dict[str, torch.Tensor]:
-        return store.load_tensors(self.dir / name, self.record.get("files", {}).get(name) or _missing(self, name))
-
-    def history(self, all_rows: bool = False) -> list[dict]:
-        """Epoch rows of the weights this stage hands on. A stage that trains several times (imp rounds)
-        names the rows that belong to them in stage.json `history_select`; `all_rows` returns everything."""
-        if not self.has_file("history.jsonl"):
-            return []
-        path = self.file("history.jsonl")
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return rows if all_rows else selected_history(rows, self.record)
-
-    def model_stage(self) -> "StageHandle":
-        """The stage holding the weights this stage is about (evaluate/export pass their input's along)."""
-        src = self.record.get("model_from")
-        if src and src != self.name:
-            return StageHandle(self.run_dir, src).model_stage()
-        return self
-
-    def load_model(self, device: torch.device | str = "cpu", weights: str = "model.safetensors"):
-        """Return (model, masks or None, card). The model is rebuilt from the card, then weights are loaded
-        strictly. Masks: masks.safetensors for model.safetensors, else `<weights stem>.masks.safetensors`."""
-        holder = self.model_stage()
-        card = holder.card
-        if card is None:
-            raise CheckpointError(f"stage {holder.name!r} has no model card in its stage.json")
-        model = build_model(card)
-        state = holder.read_tensors(weights)
-        missing, unexpected = _load_strict(model, state)
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{holder.dir / weights}: does not fit model {card['arch']!r} "
-                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-            )
-        masks = None
-        masks_file = "masks.safetensors" if weights == "model.safetensors" else \
-            weights.removesuffix(".safetensors") + ".masks.safetensors"
-        if holder.has_file(masks_file):
-            from pipeline.sparsity import MaskSet
-
-            masks = MaskSet(holder.read_tensors(masks_file))
-        return model.to(device), (masks.to(device) if masks is not None else None), card
-
-
-def selected_history(rows: list[dict], record: dict) -> list[dict]:
-    """The rows of a stage's history.jsonl that its stage.json `history_select` names (all when unset)."""
-    select = record.get("history_select")
-    if not select:
-        return rows
-    return [r for r in rows if all(r.get(k) == v for k, v in select.items())]
-
-
-def _missing(handle: StageHandle, name: str):
-    raise CheckpointError(f"stage {handle.name!r} did not write {name}")
-
-
-def _load_strict(model: torch.nn.Module, state: dict) -> tuple[list, list]:
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        return missing, unexpected
-    bad = [k for k in own if own[k].shape != state[k].shape]
-    if bad:
-        return bad, []
-    model.load_state_dict(state, strict=True)
-    return [], []
+# progress-state key under which a stage's surviving artifacts (name -> sha256) travel across a resume
+_ARTIFACTS = "_artifacts"
+ARTIFACTS_DIR = "artifacts"
 
 
 class StageContext:
     """Owned by the runner; a stage reads its input and writes every output through it."""
 
-    def __init__(self, *, cfg: PipelineConfig, stage_cfg, run_dir: Path, device: torch.device,
+    def __init__(self, *, pipeline_config: PipelineConfig, stage_cfg, run_dir: Path, device: torch.device,
                  console: Console, fingerprint: str, data_cache: dict):
-        self.cfg = cfg
+        self.pipeline_config = pipeline_config  # the whole run's config; `config` is this stage's own
         self.config = stage_cfg
         self.name: str = stage_cfg.name
         self.run_dir = Path(run_dir)
         self.dir = self.run_dir / self.name
         self.device = device
         self.console = console
-        self.seed: int = cfg.run.seed
+        self.seed: int = pipeline_config.run.seed
         self.fingerprint = fingerprint
         self.metrics: dict[str, Any] = {}
-        self.record: dict[str, Any] = {}  # extra stage.json sections: sparsity, flops, runtime, ...
+        self.record: dict[str, Any] = {}  # this stage's stage.json sections beyond the runner's: flops, sparsity, ...
         self.files: dict[str, str] = {}  # file name -> sha256
         self.model_card: dict | None = None
         self.model_from: str | None = None
         self._data_cache = data_cache
         self._history: list[dict] = []
-        self._progress_dir = self.dir / PROGRESS_DIR
+        self._progress = Progress(self.dir / PROGRESS_DIR, fingerprint, self.log)
+        self._artifacts: dict[str, str] = {}  # surviving artifacts: name -> sha256 (see save_surviving)
         self._parent: StageContext | None = None
         self._tag: dict = {}
-        self.input: StageHandle | None = StageHandle(self.run_dir, stage_cfg.input) if stage_cfg.input else None
+        self.input: StageRecord | None = (StageRecord.finished_stage(self.run_dir, stage_cfg.input)
+                                          if stage_cfg.input else None)
         self.dir.mkdir(parents=True, exist_ok=True)
 
     # -- inputs ---------------------------------------------------------------------------------
@@ -158,7 +62,7 @@ class StageContext:
         dataset the input model was last trained on (after a transfer upstream), else the run's."""
         from pipeline.data import load_dataset
 
-        data_cfg = data_cfg or self.model_data_config() or self.cfg.data
+        data_cfg = data_cfg or self.model_data_config() or self.pipeline_config.data
         key = data_cfg.model_dump_json()
         if key not in self._data_cache:
             self.log(f"loading dataset {data_cfg.dataset}")
@@ -172,12 +76,12 @@ class StageContext:
 
         if self.input is None:
             return None
-        recorded = self.input.model_stage().record.get("model_data")
+        recorded = self.input.model_holder().section("model_data")
         return None if recorded is None else DataConfig.model_validate(recorded)
 
     def new_model(self, data: DataSplits | None = None, arch: str | None = None) -> torch.nn.Module:
         data = data or self.data()
-        card = model_card(arch or self.cfg.model.arch, data)
+        card = card_for(arch or self.pipeline_config.model.arch, data)
         torch.manual_seed(self.seed)  # initial weights depend on the run seed only
         return build_model(card).to(self.device)
 
@@ -186,7 +90,7 @@ class StageContext:
         if self.input is not None:
             return self.load_input_model()
         data = data or self.data()
-        return self.new_model(data), None, model_card(self.cfg.model.arch, data)
+        return self.new_model(data), None, card_for(self.pipeline_config.model.arch, data)
 
     def load_input_model(self):
         if self.input is None:
@@ -194,27 +98,24 @@ class StageContext:
         return self.input.load_model(self.device)
 
     # -- outputs --------------------------------------------------------------------------------
-    def save_model(self, model: torch.nn.Module, card: dict, masks=None, filename: str = "model.safetensors") -> None:
+    def save_model(self, model: torch.nn.Module, card: dict, masks=None, filename: str = MODEL) -> None:
         """Write the model's weights (exact zeros where masked) and, for model.safetensors, its masks and card."""
         self.save_weights(model.state_dict(), filename, masks=masks)
         if masks is not None:
-            self.save_masks(masks, "masks.safetensors" if filename == "model.safetensors"
-                            else filename.removesuffix(".safetensors") + ".masks.safetensors")
-        if filename == "model.safetensors":
+            self.save_masks(masks, masks_file_for(filename))
+        if filename == MODEL:
             self.model_card = dict(card)
 
     def save_masks(self, masks, filename: str) -> None:
         self.files[filename] = store.save_tensors(self.dir / filename, {k: v.bool() for k, v in masks.items()})
 
-    def save_weights(self, state: dict, filename: str, masks=None) -> None:
-        if masks is not None:
-            # stored weights carry exact zeros where masked, whatever the training loop left there
-            state = dict(state)
-            for name, mask in masks.items():
-                state[name] = state[name] * mask.to(state[name].device, state[name].dtype)
+    def save_weights(self, state: dict, filename: str, masks=None, metadata: dict | None = None) -> None:
+        self.files[filename] = _write_weights(self.dir / filename, state, masks,
+                                              metadata or self._weights_metadata(filename))
+
+    def _weights_metadata(self, filename: str) -> dict:
         # one metadata key only: safetensors writes metadata in hash-map order, and files must be byte-reproducible
-        meta = {"pipeline": json.dumps({"stage": self.name, "file": filename}, sort_keys=True)}
-        self.files[filename] = store.save_tensors(self.dir / filename, state, metadata=meta)
+        return {"pipeline": json.dumps({"stage": self.name, "file": filename}, sort_keys=True)}
 
     def write_json(self, name: str, obj: Any) -> Path:
         self.files[name] = store.atomic_write_json(self.dir / name, obj)
@@ -233,8 +134,8 @@ class StageContext:
     def pass_model_through(self) -> None:
         """For stages that judge or convert a model without changing it: downstream loads the input's weights."""
         if self.input is not None:
-            self.model_from = self.input.model_stage().name
-            self.model_card = self.input.model_stage().card
+            holder = self.input.model_holder()
+            self.model_from, self.model_card = holder.name, holder.card
 
     # -- history --------------------------------------------------------------------------------
     @property
@@ -262,7 +163,7 @@ class StageContext:
         and `record`; files, metrics and everything else are shared with the stage."""
         sub = copy.copy(self)
         sub.name = f"{self.name}/{name}"
-        sub._progress_dir = self.progress_dir / name
+        sub._progress = Progress(self.progress_dir / name, self.fingerprint, self.log)
         sub.record = {}
         sub._history = []
         sub._parent, sub._tag = self, dict(tag)
@@ -272,49 +173,51 @@ class StageContext:
     # -- mid-stage progress -----------------------------------------------------------------------
     @property
     def progress_dir(self) -> Path:
-        return self._progress_dir
+        return self._progress.dir
 
     def save_progress(self, state: dict) -> None:
-        """Everything needed to continue this stage; loadable weights-only. Call at safe points only.
-
-        The state goes to a new file (state-<n>.pt) and only then does manifest.json name it, so a kill
-        at any moment leaves a manifest that names a complete, verified state; older states go last."""
+        """Everything needed to continue this stage (see pipeline.engine.progress); call at safe points only."""
         if not distributed.is_main():  # rank 0 saves for everyone; the barrier publishes its files
             distributed.barrier()
             return
-        state = dict(state)
-        state["rng"] = capture_rng()
-        state["history"] = list(self._history)
-        manifest_path = self.progress_dir / "manifest.json"
-        previous = store.read_json(manifest_path).get("file") if manifest_path.exists() else None
-        number = int(previous.split("-")[1].split(".")[0]) + 1 if previous else 1
-        name = f"state-{number:06d}.pt"
-        sha = store.save_state(self.progress_dir / name, state)
-        store.atomic_write_json(manifest_path, {"fingerprint": self.fingerprint, "file": name, "sha256": sha,
-                                                "epoch": state.get("epoch"), "step": state.get("step")})
-        for old in self.progress_dir.glob("state-*.pt"):
-            if old.name != name:
-                old.unlink(missing_ok=True)
+        if self._artifacts:
+            state = {**state, _ARTIFACTS: dict(self._artifacts)}
+        self._progress.save(state, self._history)
         distributed.barrier()
 
     def load_progress(self) -> dict | None:
-        manifest_path = self.progress_dir / "manifest.json"
-        if not manifest_path.exists():
+        loaded = self._progress.load(self.name)
+        if loaded is None:
             return None
-        manifest = store.read_json(manifest_path)
-        if manifest.get("fingerprint") != self.fingerprint:
-            self.log(f"{self.name}: saved progress belongs to a different config; starting the stage over")
-            self.clear_progress()
-            return None
-        state = store.load_state(self.progress_dir / manifest["file"], manifest["sha256"])
-        restore_rng(state.pop("rng"))
-        self.set_history(state.pop("history"))
-        self.log(f"{self.name}: resuming from saved progress (epoch {manifest.get('epoch')}, step {manifest.get('step')})")
+        state, history = loaded
+        self.set_history(history)
+        self._artifacts.update(state.pop(_ARTIFACTS, {}))
         return state
 
     def clear_progress(self) -> None:
         if distributed.is_main():
-            shutil.rmtree(self.progress_dir, ignore_errors=True)
+            self._progress.clear()
+
+    # -- artifacts that survive a resume ---------------------------------------------------------
+    def save_surviving(self, filename: str, state: dict, masks=None, metadata: dict | None = None) -> str:
+        """Write a tensors file that is an output of this stage but is made long before it finishes (an
+        IMP round's ticket). It waits in progress/artifacts/ so that a resume keeps it, the next
+        save_progress records it, and the runner moves every recorded one into the stage folder when the
+        stage is done (`publish_surviving`). `masks` zero the weights as in save_weights; `metadata` is
+        written as given (none for a masks file, as save_masks). Returns its sha256."""
+        path = self.dir / PROGRESS_DIR / ARTIFACTS_DIR / filename
+        self._artifacts[filename] = _write_weights(path, state, masks, metadata)
+        return self._artifacts[filename]
+
+    def surviving_tensors(self, filename: str) -> dict[str, torch.Tensor]:
+        if filename not in self._artifacts:
+            raise CheckpointError(f"stage {self.name!r} saved no artifact {filename}")
+        return store.load_tensors(self.dir / PROGRESS_DIR / ARTIFACTS_DIR / filename, self._artifacts[filename])
+
+    def publish_surviving(self) -> None:
+        """Copy the recorded artifacts into the stage folder, each checked against its sha256."""
+        for name, sha in sorted(self._artifacts.items()):
+            self.write_bytes(name, store.verify_file(self.dir / PROGRESS_DIR / ARTIFACTS_DIR / name, sha))
 
     # -- misc -------------------------------------------------------------------------------------
     def log(self, msg: str) -> None:
@@ -327,3 +230,12 @@ class StageContext:
         g.manual_seed(derive_seed(self.seed, *parts))
         return g
 
+
+
+def _write_weights(path: Path, state: dict, masks, metadata: dict | None) -> str:
+    if masks is not None:
+        # stored weights carry exact zeros where masked, whatever the training loop left there
+        state = dict(state)
+        for name, mask in masks.items():
+            state[name] = state[name] * mask.to(state[name].device, state[name].dtype)
+    return store.save_tensors(path, state, metadata=metadata)

@@ -1,8 +1,6 @@
 """Runs a pipeline: order, fingerprints, skipping finished stages, --from/--until, locking, failure records."""
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
 import shutil
 import time
@@ -17,46 +15,21 @@ import yaml
 from pipeline.engine import distributed, store
 from pipeline.engine.config import PipelineConfig
 from pipeline.engine.console import Console
-from pipeline.engine.context import PROGRESS_DIR, STAGE_JSON, StageContext
+from pipeline.engine.context import StageContext
+from pipeline.engine.rundir import (PROGRESS_DIR, STAGE_JSON, RunDir, StageRecord, output_fingerprint,
+                                    stage_fingerprint)
 from pipeline.engine.seeding import seed_everything
 from pipeline.engine.errors import ConfigError, PipelineError, StageFailed
-from pipeline.engine.lock import lock_state
 from pipeline.engine.registry import STAGES
 
 RUN_JSON = "run.json"
-
-
-def fingerprint_of(payload: dict) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-# Keys that change how a stage runs but not what it produces: editing them must not retrain anything.
-_NOT_FINGERPRINTED_STAGE = {"progress_every_steps"}
-_NOT_FINGERPRINTED_DATA = {"download"}
-
-
-def stage_fingerprint(cfg: PipelineConfig, stage_cfg, input_output_fp: str | None) -> str:
-    """Hash of everything that determines this stage's outputs: its config, the run's data/model/seed, its input."""
-    return fingerprint_of({
-        "stage": stage_cfg.model_dump(mode="json", exclude=_NOT_FINGERPRINTED_STAGE),
-        # an unset `stream` is left out, so runs made before streaming existed keep their fingerprints
-        "data": cfg.data.model_dump(mode="json", exclude=_NOT_FINGERPRINTED_DATA | (
-            {"stream"} if getattr(cfg.data, "stream", None) is None else set())),
-        "model": cfg.model.model_dump(mode="json"),
-        "seed": cfg.run.seed,
-        "input": input_output_fp,
-    })
-
-
-def output_fingerprint(fingerprint: str, files: dict[str, str]) -> str:
-    return fingerprint_of({"fingerprint": fingerprint, "files": dict(sorted(files.items()))})
 
 
 @dataclass
 class StageStatus:
     name: str
     type: str
-    state: str  # done | stale | pending | partial | running | failed
+    state: str  # done | stale | pending | partial | running | failed | damaged
     detail: str = ""
     metrics: dict | None = None
     seconds: float | None = None
@@ -93,46 +66,11 @@ class Runner:
         self._data_cache: dict = {}
 
     # -- status ---------------------------------------------------------------------------------
-    def _record(self, name: str) -> dict | None:
-        path = self.run_dir / name / STAGE_JSON
-        if not path.exists():
-            return None
-        try:
-            return store.read_json(path)
-        except PipelineError:
-            return None
-
     def statuses(self) -> list[StageStatus]:
-        out: list[StageStatus] = []
-        by_name: dict[str, StageStatus] = {}
-        locked = lock_state(self.run_dir) == "held"
-        for st in self.cfg.stages:
-            rec = self._record(st.name)
-            in_rec = self._record(st.input) if st.input else None
-            in_status = by_name.get(st.input) if st.input else None
-            sdir = self.run_dir / st.name
-            if rec is None:
-                if (sdir / "failed.json").exists():
-                    fail = _safe_json(sdir / "failed.json")
-                    status = StageStatus(st.name, st.type, "failed", fail.get("error", ""))
-                elif (sdir / PROGRESS_DIR / "manifest.json").exists():
-                    man = _safe_json(sdir / PROGRESS_DIR / "manifest.json")
-                    state = "running" if locked else "partial"
-                    status = StageStatus(st.name, st.type, state, f"saved at epoch {man.get('epoch')}, step {man.get('step')}")
-                else:
-                    status = StageStatus(st.name, st.type, "pending")
-            else:
-                expected = stage_fingerprint(self.cfg, st, in_rec.get("output_fingerprint") if in_rec else None)
-                if in_status is not None and in_status.state != "done":
-                    status = StageStatus(st.name, st.type, "stale", f"its input {st.input!r} is {in_status.state}")
-                elif rec.get("fingerprint") != expected:
-                    status = StageStatus(st.name, st.type, "stale", "its config or input changed since it ran")
-                else:
-                    status = StageStatus(st.name, st.type, "done", "", rec.get("metrics"),
-                                         rec.get("timings", {}).get("seconds"))
-            by_name[st.name] = status
-            out.append(status)
-        return out
+        run = RunDir(self.run_dir, self.cfg)
+        return [StageStatus(st.name, st.type, st.status, st.detail,
+                            st.metrics if st.status == "done" else None, st.seconds if st.status == "done" else None)
+                for st in run.stages]
 
     # -- run ------------------------------------------------------------------------------------
     def run(self, from_stage: str | None = None, until_stage: str | None = None, source: str | None = None,
@@ -174,13 +112,13 @@ class Runner:
 
     def _run_stage(self, st, device: torch.device, *, fresh: bool, why: str) -> None:
         cls = STAGES.get(st.type)
-        in_rec = self._record(st.input) if st.input else None
-        fp = stage_fingerprint(self.cfg, st, in_rec.get("output_fingerprint") if in_rec else None)
+        in_fp = StageRecord(self.run_dir, st.input).data.get("output_fingerprint") if st.input else None
+        fp = stage_fingerprint(self.cfg, st, in_fp)
         sdir = self.run_dir / st.name
         if distributed.is_main():
             _clear_outputs(sdir, keep_progress=not fresh)
         distributed.barrier()
-        ctx = StageContext(cfg=self.cfg, stage_cfg=st, run_dir=self.run_dir, device=device,
+        ctx = StageContext(pipeline_config=self.cfg, stage_cfg=st, run_dir=self.run_dir, device=device,
                            console=self.console, fingerprint=fp, data_cache=self._data_cache)
         self.console.info(f"[{st.name}] running {st.type} ({why})")
         seed_everything(self.cfg.run.seed)
@@ -189,6 +127,7 @@ class Runner:
             with distributed.stage_scope(cls.collective) as runs_here:
                 if runs_here:
                     cls().run(ctx)
+                    ctx.publish_surviving()
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 self.console.always(f"[{st.name}] interrupted; run the same command again to resume")
@@ -211,7 +150,7 @@ class Runner:
             "output_fingerprint": output_fingerprint(fp, ctx.files),
             "config": st.model_dump(mode="json"),
             "input": st.input,
-            "input_fingerprint": in_rec.get("output_fingerprint") if in_rec else None,
+            "input_fingerprint": in_fp,
             "model": ctx.model_card,
             "model_from": ctx.model_from,
             # the dataset the model now belongs to, when a transfer upstream (or here) moved it off the run's
@@ -252,9 +191,3 @@ def _clear_outputs(sdir: Path, keep_progress: bool) -> None:
         else:
             child.unlink()
 
-
-def _safe_json(path: Path) -> dict:
-    try:
-        return store.read_json(path)
-    except PipelineError:
-        return {}

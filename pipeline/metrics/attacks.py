@@ -8,7 +8,7 @@ the gradient is taken w.r.t. the input alone, so no parameter gradient is comput
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,7 @@ from pydantic import Field, TypeAdapter, ValidationError, ValidationInfo, field_
 from torch import Tensor, nn
 
 from pipeline.metrics.advertorch_compat import import_advertorch
+from pipeline.metrics.autoattack import AutoAttackConfig
 from pipeline.engine.schema import Ratio, StrictModel
 
 TrainAttack = Callable[[nn.Module, Tensor, Tensor, torch.Generator | None], Tensor]
@@ -53,6 +54,38 @@ class AttackConfig(StrictModel):
         if info.data.get("kind") == "pgd" and step <= 0:
             raise ValueError(f"must be > 0 for kind 'pgd', got {step}")
         return step
+
+
+SPLITS = ("train", "val", "test")
+
+
+class PGDEvalConfig(AttackConfig):
+    """An evaluation attack: PGD (advertorch) or FGSM-RS; an example counts as robust only if it survives
+    every restart. `label()` is its key in an evaluate stage's metrics['ra']."""
+
+    kind: Literal["pgd", "fgsm_rs"] = "pgd"
+    steps: int = Field(20, gt=0)
+    name: str | None = Field(default=None, description="label of this figure in metrics['ra'] (default e.g. pgd20, pgd50r5)")
+    splits: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: list(SPLITS), min_length=1)
+
+    @model_validator(mode="after")
+    def _one_step_fgsm(self):
+        # FGSM-RS is one step whatever `steps` says; record what runs
+        if self.kind == "fgsm_rs" and self.steps != 1:
+            if "steps" in self.model_fields_set:
+                raise ValueError(f"steps: FGSM-RS takes one step, got {self.steps}; use kind 'pgd' for more")
+            object.__setattr__(self, "steps", 1)
+        return self
+
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        base = "fgsm_rs" if self.kind == "fgsm_rs" else f"pgd{self.steps}"
+        base += f"r{self.restarts}" if self.restarts > 1 else ""
+        return base + ("" if abs(self.eps - 8 / 255) < 1e-12 else f"_eps{self.eps * 255:g}")
+
+
+EvalAttack = Annotated[Union[PGDEvalConfig, AutoAttackConfig], Field(discriminator="kind")]
 
 
 def _check_generator(generator: torch.Generator | None, x: Tensor) -> None:

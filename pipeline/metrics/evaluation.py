@@ -4,16 +4,17 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.metrics.attacks import AttackConfig, advertorch_pgd
+from pipeline.metrics.attacks import SPLITS, AttackConfig, advertorch_pgd
 from pipeline.engine import distributed
-from pipeline.engine.errors import DataError, PipelineError
+from pipeline.engine.errors import CheckpointError, ConfigError, DataError, PipelineError
 from pipeline.engine.seeding import derive_seed
 
 
@@ -121,11 +122,6 @@ def robust_gap(train_ra: float, test_ra: float) -> float:
     return train_ra - test_ra
 
 
-def robust_overfitting(best_ra: float, final_ra: float) -> float:
-    """Robust overfitting (pp): RA at the best checkpoint minus RA at the last epoch."""
-    return best_ra - final_ra
-
-
 def _has(row: dict, key: str) -> bool:
     value = row.get(key)
     return value is not None and not (isinstance(value, float) and math.isnan(value))
@@ -150,6 +146,22 @@ def _diff(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
+# The best epoch is the one with the highest val RA; with val SA when the evaluation measured no RA
+# (clean training evaluated without an attack). Training, evaluate and compare all choose by this.
+SELECTION_KEYS = ("val_ra", "val_sa")
+
+
+def selection_key(history: Sequence[dict]) -> str | None:
+    """The key a logged history's best epoch is chosen on (None: no val figure was logged)."""
+    return next((k for k in SELECTION_KEYS if any(_has(row, k) for row in history)), None)
+
+
+def summarize_selected(history: Sequence[dict]) -> dict[str, Any]:
+    """summarize_history on the selection key; {} when the history logged no val figure."""
+    key = selection_key(history)
+    return {} if key is None else summarize_history(history, key)
+
+
 def summarize_history(history: Sequence[dict], select_key: str = "val_ra") -> dict[str, Any]:
     """SW main_adv summary: RA/SA at the best-`select_key` epoch, at the last evaluated epoch, and the diffs.
 
@@ -165,3 +177,164 @@ def summarize_history(history: Sequence[dict], select_key: str = "val_ra") -> di
         "SA_best": sa_best, "SA_final": sa_final, "SA_diff": _diff(sa_best, sa_final),
         "best_epoch": row.get("epoch", i),
     }
+
+
+# ---------------------------------------------------------------------------------------------------
+# An evaluate stage's measurements and its metric keys
+
+
+def _held(data, split: str) -> bool:
+    """Whether a split's images are in memory (a streamed dataset keeps its training images on disk)."""
+    return len(getattr(data, f"{split}_x")) == len(getattr(data, f"{split}_y"))
+
+
+def evaluate_attacks(model: nn.Module, data, attacks: Sequence, *, limits: dict[str, int | None], batch_size: int,
+                     device, seed: int, skipped: dict[str, str] | None = None, log=None) -> dict[str, Any]:
+    """Clean SA per split, then each attack on its splits (AutoAttack or PGD/FGSM-RS), model in eval mode.
+
+    Returns {"sa", "n", "clean_loss": per split; "ra": attack label -> {attack (its parameters), split ->
+    RA, n, robust_loss (PGD), backend (AutoAttack), gap (train - test) or skipped}}."""
+    from pipeline.metrics.autoattack import AutoAttackConfig, run_autoattack
+
+    skipped = skipped or {}
+    sa: dict[str, float] = {}
+    n: dict[str, int] = {}
+    clean_loss: dict[str, float] = {}
+    for split in SPLITS:
+        x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
+        if len(y) == 0 or not _held(data, split):
+            continue
+        out = evaluate(model, x, y, batch_size=batch_size, device=device, limit=limits.get(split))
+        sa[split], n[split], clean_loss[split] = out["acc"], out["n"], out["loss"]
+    ra: dict[str, dict] = {}
+    for attack in attacks:
+        label = attack.label()
+        entry: dict[str, Any] = {"attack": attack.model_dump(mode="json")}
+        ra[label] = entry
+        if label in skipped:
+            entry["skipped"] = skipped[label]
+            continue
+        for split in attack.splits:
+            x, y, limit = getattr(data, f"{split}_x"), getattr(data, f"{split}_y"), limits.get(split)
+            if len(y) == 0:
+                continue
+            if not _held(data, split):
+                raise ConfigError(f"{label}.splits: the {split} split of streamed data ({data.source}) is not held "
+                                  f"in memory; attack val and test only (splits: [val, test])")
+            if isinstance(attack, AutoAttackConfig):
+                lim = (limit if attack.n is None else attack.n if limit is None else min(limit, attack.n)) or len(y)
+                out = run_autoattack(model, x[:lim], y[:lim], attack, device=device, seed=seed,
+                                     batch_size=attack.batch_size or batch_size)
+                entry["backend"] = out["backend"]
+            else:
+                out = evaluate(model, x, y, batch_size=batch_size, attack=attack, device=device, limit=limit, seed=seed)
+                entry.setdefault("robust_loss", {})[split] = out["loss"]
+            entry[split] = out["acc"]
+            entry.setdefault("n", {})[split] = out["n"]
+            if log is not None:
+                log(f"{label} {split}: RA {out['acc']:.2f}  (SA {sa[split]:.2f}, n={out['n']})")
+        if "train" in entry and "test" in entry:
+            entry["gap"] = robust_gap(entry["train"], entry["test"])
+    return {"sa": sa, "n": n, "clean_loss": clean_loss, "ra": ra}
+
+
+def checkpoint_gaps(res: dict, first: str, history: Sequence[dict], epoch: int | None) -> dict[str, float | None]:
+    """Canonical and running-train gaps of one checkpoint under the attack labelled `first`. `history`
+    is the training history whose running train accuracy was adversarial (empty for clean training)."""
+    entry = res["ra"].get(first, {})
+    row = next((r for r in history if r.get("epoch") == epoch), None) if epoch is not None else None
+    train_acc = row.get("train_acc") if row else None
+    return {"robust_gap": entry.get("gap"),
+            "robust_gap_running_train": (robust_gap(train_acc, entry["test"])
+                                         if train_acc is not None and "test" in entry else None),
+            "running_train_acc": train_acc}
+
+
+def checkpoint_figures(res: dict, file: str, epoch: int | None) -> dict[str, Any]:
+    """One checkpoint's figures without the attack parameters (those sit once in metrics['ra'])."""
+    ra = {label: ({"skipped": True} if "skipped" in e else {s: e[s] for s in (*SPLITS, "gap") if s in e})
+          for label, e in res["ra"].items()}
+    return {"file": file, "epoch": epoch, "sa": res["sa"], "n": res["n"], "ra": ra,
+            **{k: res[k] for k in ("robust_gap", "robust_gap_running_train", "running_train_acc")}}
+
+
+@dataclass
+class SplitScores:
+    """One split of the selected checkpoint: images, SA, clean loss; RA and robust loss under the first attack."""
+
+    n: int
+    sa: float
+    loss: float
+    ra: float | None = None
+    robust_loss: float | None = None
+
+
+_SPLIT_FIELDS = ("sa", "n", "loss", "ra", "robust_loss")
+_SUMMARY_KEYS = ("RA_best", "RA_final", "RA_diff", "SA_best", "SA_final", "SA_diff", "best_epoch")
+_TAIL = ("robust_overfitting", "robust_overfitting_measured", "robust_gap_best", "robust_gap_final", "density",
+         "corruption")
+
+
+@dataclass
+class EvaluationMetrics:
+    """The metrics of an evaluate stage, stored flat in stage.json `metrics` (and metrics.json):
+    `{split}_{sa,n,loss,ra,robust_loss}` of the selected checkpoint under the first attack, its gaps,
+    every attack in `ra`, each judged checkpoint in `checkpoints`, the training history's summary as
+    `history_*`, and the overfitting, per-checkpoint gaps, density and corruption figures."""
+
+    SECTION: ClassVar[str] = "metrics"
+
+    checkpoint: str
+    splits: dict[str, SplitScores]
+    attack: dict
+    ra: dict[str, dict]
+    checkpoints: dict[str, dict]
+    robust_gap: float | None = None
+    robust_gap_running_train: float | None = None
+    history: dict[str, Any] = field(default_factory=dict)
+    robust_overfitting: float | None = None
+    robust_overfitting_measured: float | None = None
+    robust_gap_best: float | None = None
+    robust_gap_final: float | None = None
+    density: float | None = None
+    corruption: dict | None = None
+
+    def split(self, name: str) -> SplitScores | None:
+        return self.splits.get(name)
+
+    def to_json(self) -> dict[str, Any]:
+        m: dict[str, Any] = {"checkpoint": self.checkpoint}
+        for name, s in self.splits.items():
+            m.update({f"{name}_{k}": getattr(s, k) for k in _SPLIT_FIELDS if getattr(s, k) is not None})
+        for key in ("robust_gap", "robust_gap_running_train"):
+            if getattr(self, key) is not None:
+                m[key] = getattr(self, key)
+        m.update({"attack": self.attack, "ra": self.ra, "checkpoints": self.checkpoints})
+        m.update({f"history_{k}": v for k, v in self.history.items()})
+        m.update({k: getattr(self, k) for k in _TAIL if getattr(self, k) is not None})
+        return m
+
+    @classmethod
+    def from_json(cls, m: Any, where: str = "metrics") -> EvaluationMetrics | None:
+        if m is None:
+            return None
+        if not isinstance(m, dict):
+            raise CheckpointError(f"{where}: expected a mapping, got {type(m).__name__}")
+        splits: dict[str, dict] = {}
+        kwargs: dict[str, Any] = {"history": {}}
+        plain = {"checkpoint", "attack", "ra", "checkpoints", "robust_gap", "robust_gap_running_train", *_TAIL}
+        for key, value in m.items():
+            split, _, rest = key.partition("_")
+            if key in plain:
+                kwargs[key] = value
+            elif key.startswith("history_") and key[8:] in _SUMMARY_KEYS:
+                kwargs["history"][key[8:]] = value
+            elif split in SPLITS and rest in _SPLIT_FIELDS:
+                splits.setdefault(split, {})[rest] = value
+            else:
+                raise CheckpointError(f"{where}: unknown evaluation metric {key!r}")
+        missing = [k for k in ("checkpoint", "attack", "ra", "checkpoints") if k not in kwargs]
+        bad = [s for s, v in splits.items() if not {"n", "sa", "loss"} <= v.keys()]
+        if missing or bad:
+            raise CheckpointError(f"{where}: missing {', '.join(missing + [f'{s}_n/sa/loss' for s in bad])}")
+        return cls(splits={s: SplitScores(**v) for s, v in splits.items()}, **kwargs)

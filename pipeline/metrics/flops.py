@@ -14,12 +14,14 @@ Conventions:
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
+
+from pipeline.engine.section import Section
 
 Mode = Literal["pgd", "fast", "clean"]
 _DEFAULT_STEPS = {"pgd": 10, "fast": 1, "clean": 0}
@@ -100,12 +102,56 @@ FLOPS_CONVENTION = ("FLOPs = 2 x MACs of conv/linear weights; paper: (attack_ste
                     "corrected: 3F per update + 2F per attack step (see pipeline/metrics/flops.py)")
 
 
-def inference_record(model: nn.Module, input_shape: tuple[int, ...], densities: Mapping[str, float] | None,
-                     **extra: Any) -> dict[str, Any]:
-    """stage.json `flops.inference` for `model` at `densities` (None: dense), per image."""
-    final = inference_flops(count_macs(model, input_shape), densities)
-    return {"dense_flops": final["dense_flops"], "sparse_flops": final["sparse_flops"], "ratio": final["ratio"],
-            "per_image": True, **extra}
+@dataclass
+class InferenceFlops(Section):
+    """Per-image inference cost of a stage's model at its masks (`at`: which masks, when not the final ones)."""
+
+    dense_flops: float
+    sparse_flops: float
+    ratio: float
+    per_image: bool = True
+    at: str | None = None
+
+    @classmethod
+    def of(cls, model: nn.Module, input_shape: tuple[int, ...], densities: Mapping[str, float] | None,
+           at: str | None = None) -> InferenceFlops:
+        final = inference_flops(count_macs(model, input_shape), densities)
+        return cls(final["dense_flops"], final["sparse_flops"], final["ratio"], at=at)
+
+
+@dataclass
+class TrainingFlops(Section):
+    """What a stage's training cost, from its TrainingFlopsMeter (summed over runs for a multi-run stage)."""
+
+    paper: float
+    corrected: float
+    images: int
+    steps: int
+    mode: Mode
+    attack_steps: int
+    paper_at_final_density: float | None = None
+    dense_equivalent_paper: float | None = None
+    rounds_trained: int | None = None
+    note: str | None = None
+
+    @classmethod
+    def total(cls, runs: Sequence[TrainingFlops], note: str) -> TrainingFlops:
+        """The cost of several training runs of one stage (IMP rounds): counts summed, mode of the first."""
+        return cls(paper=sum(r.paper for r in runs), corrected=sum(r.corrected for r in runs),
+                   images=sum(r.images for r in runs), steps=sum(r.steps for r in runs), mode=runs[0].mode,
+                   attack_steps=runs[0].attack_steps, rounds_trained=len(runs), note=note)
+
+
+@dataclass
+class FlopsRecord(Section):
+    """stage.json `flops`: inference cost of the stage's model, training cost of the stage, the convention."""
+
+    SECTION: ClassVar[str] = "flops"
+    NESTED: ClassVar[dict] = {"inference": InferenceFlops, "training": TrainingFlops}
+
+    inference: InferenceFlops | None = None
+    training: TrainingFlops | None = None
+    convention: str = FLOPS_CONVENTION
 
 
 def _steps(mode: Mode, attack_steps: int | None) -> int:
@@ -117,19 +163,6 @@ def _steps(mode: Mode, attack_steps: int | None) -> int:
             or (mode == "pgd" and attack_steps < 1):
         raise ValueError(f"attack_steps={attack_steps} does not fit mode {mode!r} (clean: 0, fast: 1, pgd: >= 1)")
     return attack_steps
-
-
-def training_flops(f_inf: float, n_images: int, epochs: float, attack_steps: int | None = None, *,
-                   mode: Mode = "pgd") -> dict[str, float]:
-    """Training FLOPs at a fixed per-image forward cost `f_inf` (attack_steps default: pgd 10, fast 1, clean 0).
-
-    paper: (attack_steps + 1) x 3 x N x E x F (33 N E F for PGD-10, 3 N E F clean, 6 N E F fast AT).
-    corrected: (3 + 2 x attack_steps) x N x E x F.
-    """
-    steps = _steps(mode, attack_steps)
-    work = n_images * epochs * f_inf
-    return {"paper": (steps + 1) * 3 * work, "corrected": (3 + 2 * steps) * work,
-            "paper_factor": (steps + 1) * 3, "corrected_factor": 3 + 2 * steps}
 
 
 class TrainingFlopsMeter:
@@ -167,3 +200,11 @@ class TrainingFlopsMeter:
                              f"this meter has mode={self.mode!r}, attack_steps={self.attack_steps}")
         self.paper, self.corrected = state["paper"], state["corrected"]
         self.images, self.steps = state["images"], state["steps"]
+
+    def record(self, final: Mapping[str, Any]) -> TrainingFlops:
+        """The stage.json figures of this meter; `final` is inference_flops() at the final masks."""
+        k = self.attack_steps
+        return TrainingFlops(paper=self.paper, corrected=self.corrected, images=self.images, steps=self.steps,
+                             mode=self.mode, attack_steps=k,
+                             paper_at_final_density=(k + 1) * 3 * self.images * final["sparse_flops"],
+                             dense_equivalent_paper=(k + 1) * 3 * self.images * final["dense_flops"])

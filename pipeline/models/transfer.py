@@ -5,15 +5,14 @@ inside the model take B's mean/std, the final Linear is replaced by a fresh dens
 of classes, and every backbone mask is kept while the old head's mask is dropped (the head is new and
 dense). The model card follows (classes, names, dataset, statistics).
 
-Also here: key mapping for checkpoints written by other code (spec §8.15: the reference loads with
-strict=False, so a `module.`-prefixed file silently loads nothing). A transferred stage records its dataset
+A transferred stage records its dataset
 under MODEL_DATA_KEY in stage.json; `StageContext.data()` reads it, so downstream stages (evaluate, export,
 further fine-tuning) work on the dataset the model was last trained on, not the run's own `data:`.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any, Literal, TypeVar
+from collections.abc import Iterable
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -23,13 +22,6 @@ from pipeline.engine.errors import CheckpointError, DataError
 from pipeline.models.card import model_card
 from pipeline.engine.schema import StrictModel
 from pipeline.sparsity import MaskSet
-
-T = TypeVar("T")
-
-# Prefixes that wrappers put in front of parameter names: DataParallel/DDP, Lightning-style holders,
-# our own ClassifierModel (`net.`), torch.compile.
-WRAPPER_PREFIXES = ("module.", "model.", "net.", "_orig_mod.")
-
 
 class TransferConfig(StrictModel):
     """The `transfer:` block of a finetune stage."""
@@ -117,92 +109,13 @@ def transfer_masks(masks: MaskSet | None, model: torch.nn.Module, *, keep: bool,
     kept = {n: m for n, m in masks.items() if n not in head}
     if not kept:
         return None, dropped
-    mapped = map_state_keys(kept, {n: p for n, p in model.named_parameters()}, required=(), what="ticket masks")
-    return MaskSet(mapped), dropped
-
-
-def canonical_key(key: str) -> str:
-    """`key` without leading wrapper prefixes (module., model., net., _orig_mod.), and a torch-prune
-    `weight_orig` read as `weight`."""
-    changed = True
-    while changed:
-        changed = False
-        for prefix in WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
-    return key[: -len("_orig")] if key.endswith(".weight_orig") else key
-
-
-def split_pruning_reparam(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Split a torch.nn.utils.prune state dict into (effective weights, masks).
-
-    `x.weight_orig` * `x.weight_mask` becomes `x.weight`, and `x.weight_mask` goes into the masks under
-    `x.weight` (the reference Robust Bird tickets are saved this way, spec §8.13).
-    """
-    weights, masks = {}, {}
-    for key, value in state.items():
-        if key.endswith(".weight_mask"):
-            continue
-        if key.endswith(".weight_orig"):
-            base = key[: -len("_orig")]
-            mask = state.get(base + "_mask")
-            if mask is None:
-                raise CheckpointError(f"{key}: no matching {base}_mask in the checkpoint")
-            weights[base] = value * mask.to(value.dtype)
-            masks[base] = mask != 0
-        else:
-            weights[key] = value
-    orphans = [k for k in state if k.endswith(".weight_mask") and k[: -len("_mask")] not in masks]
-    for key in orphans:  # a mask without weight_orig: the weight was saved plainly
-        masks[key[: -len("_mask")]] = state[key] != 0
-    return weights, masks
-
-
-def map_state_keys(source: Mapping[str, T], target: Mapping[str, Any], *, required: Iterable[str] | None = None,
-                   ignore: Iterable[str] = (), what: str = "checkpoint") -> dict[str, T]:
-    """Rename `source` entries to the keys of `target`, matching names up to wrapper prefixes.
-
-    Every key in `required` (default: all target keys) must be covered, every source key must land on
-    a target key unless its canonical name is in `ignore` (e.g. an old head), and shapes must agree
-    where both sides have one. Anything else is a CheckpointError that lists the keys at fault, so a
-    checkpoint from another code base never loads partially in silence.
-    """
-    by_canon: dict[str, str] = {}
-    for key in target:
-        canon = canonical_key(key)
-        if canon in by_canon:
-            raise CheckpointError(f"{what}: target keys {by_canon[canon]!r} and {key!r} are the same name "
-                                  "up to a wrapper prefix")
-        by_canon[canon] = key
-    skip = {canonical_key(k) for k in ignore}
-    mapped: dict[str, T] = {}
-    unknown, bad_shape = [], []
-    for key, value in source.items():
-        canon = canonical_key(key)
-        if canon in skip:
-            continue
-        dest = by_canon.get(canon)
-        if dest is None:
-            unknown.append(key)
-            continue
-        if dest in mapped:
-            raise CheckpointError(f"{what}: two entries map onto {dest!r} (one of them is {key!r})")
-        want, have = getattr(target[dest], "shape", None), getattr(value, "shape", None)
-        if want is not None and have is not None and tuple(want) != tuple(have):
-            bad_shape.append(f"{key} {tuple(have)} -> {dest} {tuple(want)}")
-        mapped[dest] = value
-    needed = list(target) if required is None else list(required)
-    missing = [k for k in needed if k not in mapped and canonical_key(k) not in skip]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} key(s): {_few(missing)}")
-    if unknown:
-        problems.append(f"{len(unknown)} key(s) match nothing in the model: {_few(unknown)}")
-    if bad_shape:
-        problems.append(f"shape mismatch: {_few(bad_shape)}")
-    if problems:
-        raise CheckpointError(f"{what}: does not fit the model ({'; '.join(problems)})")
-    return mapped
+    params = dict(model.named_parameters())
+    # the masks come from this project's own stages, so names match exactly; a mismatch is a damaged file
+    bad = [f"{n} {tuple(m.shape)}" + (f" -> {tuple(params[n].shape)}" if n in params else " (no such parameter)")
+           for n, m in kept.items() if n not in params or tuple(params[n].shape) != tuple(m.shape)]
+    if bad:
+        raise CheckpointError(f"ticket masks: do not fit the model ({_few(bad)})")
+    return MaskSet(kept), dropped
 
 
 def _few(items: list[str], n: int = 5) -> str:

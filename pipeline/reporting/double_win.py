@@ -26,10 +26,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from pipeline.engine import store
-from pipeline.engine.context import STAGE_JSON, StageHandle
-from pipeline.engine.errors import PipelineError
+from pipeline.engine.errors import CheckpointError, PipelineError
+from pipeline.engine.rundir import STAGE_JSON, StageRecord
 from pipeline.metrics.evaluation import select_best
+from pipeline.reporting.format import md_table
 
 REGIMES = {"clean": "standard", "pgd": "adversarial"}
 METRICS = ("std_sa", "adv_sa", "adv_ra")
@@ -106,18 +106,18 @@ def _value_at(history: list[dict], key: str, select: str) -> tuple[int, dict]:
     return row.get("epoch"), row
 
 
-def _measure(handle: StageHandle, regime: str, select: str) -> dict:
-    history = handle.history()
+def _measure(stage: StageRecord, regime: str, select: str) -> dict:
+    history = stage.history()
     if not history:
-        raise PipelineError(f"{handle.dir}: no history.jsonl to read SA/RA from")
+        raise PipelineError(f"{stage.dir}: no history.jsonl to read SA/RA from")
     try:
         epoch, row = _value_at(history, "val_sa" if regime == "standard" else "val_ra", select)
     except PipelineError as exc:
-        raise PipelineError(f"{handle.dir}: {exc}") from None
+        raise PipelineError(f"{stage.dir}: {exc}") from None
     if regime == "standard":
         return {"std_sa": row.get("test_sa"), "epoch": epoch}
     if row.get("test_ra") is None:
-        raise PipelineError(f"{handle.dir}: adversarial fine-tuning without test RA (eval.robust off?)")
+        raise PipelineError(f"{stage.dir}: adversarial fine-tuning without test RA (eval.robust off?)")
     return {"adv_sa": row.get("test_sa"), "adv_ra": row.get("test_ra"), "epoch": epoch}
 
 
@@ -135,12 +135,14 @@ def collect_transfers(run_dirs: Iterable[Path], select: str = "best") -> tuple[l
         raise PipelineError(f"select must be one of {', '.join(SELECTION)}, got {select!r}")
     found, skipped = [], []
     for run_dir, name in _stage_dirs(run_dirs):
-        record = store.read_json(run_dir / name / STAGE_JSON)
-        transfer = record.get("transfer")
-        if record.get("type") != "finetune" or record.get("status") != "done" or not transfer:
+        stage = StageRecord(run_dir, name)
+        if stage.status == "damaged":
+            raise CheckpointError(stage.detail)
+        transfer = stage.section("transfer")
+        if stage.type != "finetune" or not transfer:
             continue
         where = f"{run_dir / name}"
-        mode = (record.get("config") or {}).get("mode")
+        mode = stage.config.get("mode")
         regime = REGIMES.get(mode)
         if regime is None:
             skipped.append(f"{where}: mode {mode!r} is neither standard (clean) nor adversarial (pgd) fine-tuning")
@@ -152,7 +154,7 @@ def collect_transfers(run_dirs: Iterable[Path], select: str = "best") -> tuple[l
         sparsity = round(float(masks["source_sparsity"]), 6)
         found.append({"task": _task_of(transfer, transfer["source"]["arch"]), "sparsity": sparsity,
                       "regime": regime, "stage": where,
-                      **_measure(StageHandle(run_dir, name), regime, select)})
+                      **_measure(stage, regime, select)})
     return found, skipped
 
 
@@ -232,14 +234,13 @@ def format_table(table: dict) -> str:
     if "task" in table:
         lines.append(f"### {_task_text(table['task'])}")
         lines.append("")
-    lines.append("| sparsity | standard SA | adversarial SA | adversarial RA | double win |")
-    lines.append("| ---: | ---: | ---: | ---: | :---: |")
     d = table["dense"]
-    lines.append(f"| 0.00% (dense) | {_cell(d['std_sa'])} | {_cell(d['adv_sa'])} | {_cell(d['adv_ra'])} | baseline |")
+    rows = [["0.00% (dense)", _cell(d["std_sa"]), _cell(d["adv_sa"]), _cell(d["adv_ra"]), "baseline"]]
     for r in table["rows"]:
         verdict = {True: "yes", False: "no", None: "incomplete"}[r["double_win"]]
-        cells = " | ".join(_cell(r[m], r["delta"][m], r["matches"][m]) for m in METRICS)
-        lines.append(f"| {_pct(r['sparsity'])} | {cells} | {verdict} |")
+        rows.append([_pct(r["sparsity"]), *(_cell(r[m], r["delta"][m], r["matches"][m]) for m in METRICS), verdict])
+    lines.append(md_table(["sparsity", "standard SA", "adversarial SA", "adversarial RA", "double win"], rows,
+                          ["r", "r", "r", "r", "c"]))
     best = table["double_win_sparsity"]
     lines.append("")
     lines.append(f"Highest double-win sparsity: **{_pct(best)}**" if best is not None

@@ -8,7 +8,6 @@ carry no software/version metadata, so the same numbers give the same file.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec
@@ -19,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from pipeline.engine import store
+from pipeline.reporting.format import engineering, num
 
 P = ParamSpec("P")
 
@@ -55,21 +55,6 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
-
-
-def engineering(value: float) -> tuple[float, str]:
-    """(scale, label) so that value / scale lies in [1, 1000): e.g. 3.2e11 -> (1e9, '×10⁹')."""
-    if not value or not math.isfinite(value):
-        return 1.0, ""
-    exp = int(math.floor(math.log10(abs(value)) / 3) * 3)
-    return (10.0 ** exp, "×10" + str(exp).translate(_SUPERSCRIPT)) if exp else (1.0, "")
-
-
-def _num(v) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
-
-
 @_styled
 def accuracy_curves(history: Sequence[Mapping], path: Path, *, title: str, train_label: str = "train (running)",
                     best_epoch: int | None = None) -> Path:
@@ -77,16 +62,16 @@ def accuracy_curves(history: Sequence[Mapping], path: Path, *, title: str, train
     (where robust overfitting starts, shaded after) and dotted lines where the learning rate changes."""
     fig, (ax,) = _figure(9.5, 4.4)
     epochs = [row["epoch"] for row in history]
-    ax.plot(epochs, [_num(row.get("train_acc")) for row in history], color=COLORS["train"], lw=1.5, label=train_label)
+    ax.plot(epochs, [num(row.get("train_acc")) for row in history], color=COLORS["train"], lw=1.5, label=train_label)
     for key, style, label in (("val_sa", "--", "val SA"), ("val_ra", "-", "val RA"),
                               ("test_sa", "--", "test SA"), ("test_ra", "-", "test RA")):
-        pts = [(row["epoch"], _num(row.get(key))) for row in history if _num(row.get(key)) is not None]
+        pts = [(row["epoch"], num(row.get(key))) for row in history if num(row.get(key)) is not None]
         if pts:
             ax.plot(*zip(*pts), style, marker="o" if len(pts) <= 40 else None, ms=3.5, color=COLORS[key], lw=1.6,
                     label=label)
     first_change = True
     for prev, row in zip(history, history[1:]):
-        if _num(prev.get("lr")) is not None and _num(row.get("lr")) is not None and row["lr"] != prev["lr"]:
+        if num(prev.get("lr")) is not None and num(row.get("lr")) is not None and row["lr"] != prev["lr"]:
             x = row["epoch"] - 0.5
             ax.axvline(x, color="#777777", ls=":", lw=1.2, label="lr change" if first_change else None)
             ax.annotate(f"lr {row['lr']:.3g}", (x, 0.03), xycoords=("data", "axes fraction"), fontsize=8,
@@ -146,7 +131,7 @@ def rewire_updates(steps: Sequence[float], changed: Sequence[float | None], dens
     extra on them) a third panel of those."""
     fig, axes = _figure(14.0 if signals else 10.0, 4.4 if signals else 3.8, ncols=3 if signals else 2)
     left, right = axes[0], axes[1]
-    pts = [(s, c) for s, c in zip(steps, changed) if _num(c) is not None]
+    pts = [(s, c) for s, c in zip(steps, changed) if num(c) is not None]
     if pts:
         left.plot(*zip(*pts), marker="o", ms=3, lw=1.2, color=COLORS["b"])
         left.set_ylim(bottom=0)
@@ -154,11 +139,11 @@ def rewire_updates(steps: Sequence[float], changed: Sequence[float | None], dens
         left.text(0.5, 0.5, "not logged", ha="center", va="center", transform=left.transAxes, color="#888888")
     left.set_ylabel("connections changed")
     left.set_title("connections changed per update")
-    pts = [(s, d) for s, d in zip(steps, density) if _num(d) is not None]
+    pts = [(s, d) for s, d in zip(steps, density) if num(d) is not None]
     if pts:
         right.plot(*zip(*pts), marker="o", ms=3, lw=1.4, color=COLORS["a"], label="density")
     if ever_active is not None:
-        pts = [(s, e) for s, e in zip(steps, ever_active) if _num(e) is not None]
+        pts = [(s, e) for s, e in zip(steps, ever_active) if num(e) is not None]
         if pts:
             right.plot(*zip(*pts), ls="--", lw=1.4, color=COLORS["c"], label="ever active")
     right.set_ylim(0, 1.02)
@@ -170,10 +155,10 @@ def rewire_updates(steps: Sequence[float], changed: Sequence[float | None], dens
         ax = axes[2]
         for key, color, label in (("prune", COLORS["b"], "prune signal (rising gap)"),
                                   ("grow", COLORS["c"], "grow signal (flat robust loss)")):
-            pts = [(s, v) for s, v in zip(steps, signals.get(key) or []) if _num(v) is not None]
+            pts = [(s, v) for s, v in zip(steps, signals.get(key) or []) if num(v) is not None]
             if pts:
                 ax.plot(*zip(*pts), marker="o", ms=3, lw=1.3, color=color, label=label)
-            if _num(signals.get(f"{key}_threshold")) is not None:
+            if num(signals.get(f"{key}_threshold")) is not None:
                 ax.axhline(signals[f"{key}_threshold"], color=color, ls=":", lw=1.2, label=f"{key} threshold")
         marks = [s for s, a in zip(steps, signals.get("adaptive") or []) if a]
         for i, s in enumerate(marks):
@@ -182,7 +167,7 @@ def rewire_updates(steps: Sequence[float], changed: Sequence[float | None], dens
         ax.set_ylabel("fraction of the window")
         ax.set_title("Flying Bird+ signals")
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=7.5, frameon=False)
-    xs = [x for x in steps if _num(x) is not None]
+    xs = [x for x in steps if num(x) is not None]
     for ax in axes:
         if xs:
             pad = max((max(xs) - min(xs)) * 0.04, 0.5)
@@ -199,10 +184,10 @@ def early_bird_curve(epochs: Sequence[float], previous: Sequence[float | None], 
     """Normalised Hamming distance between successive epoch masks, and the largest distance inside the
     detector's window, with the stopping threshold and the epoch where the early bird was drawn."""
     fig, (ax,) = _figure(9.5, 3.8)
-    pts = [(e, p) for e, p in zip(epochs, previous) if _num(p) is not None]
+    pts = [(e, p) for e, p in zip(epochs, previous) if num(p) is not None]
     if pts:
         ax.plot(*zip(*pts), marker="o", ms=3.5, lw=1.5, color=COLORS["a"], label="distance to previous mask")
-    pts = [(e, w) for e, w in zip(epochs, window_max) if _num(w) is not None]
+    pts = [(e, w) for e, w in zip(epochs, window_max) if num(w) is not None]
     if pts:
         ax.plot(*zip(*pts), marker="s", ms=3.5, lw=1.5, color=COLORS["b"], label="max distance in window")
     if threshold is not None:
@@ -210,7 +195,7 @@ def early_bird_curve(epochs: Sequence[float], previous: Sequence[float | None], 
     if fired_epoch is not None:
         ax.axvline(fired_epoch, color=COLORS["best"], lw=1.6, label=f"early bird: epoch {fired_epoch:g}")
     ax.set_ylim(bottom=0)
-    xs = [e for e in epochs if _num(e) is not None]
+    xs = [e for e in epochs if num(e) is not None]
     if xs:
         ax.set_xlim(min(xs) - 0.5, max(xs) + 0.5)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -29,7 +29,7 @@ from pipeline.sparsity.masks import MaskSet, prunable_params
 from pipeline.train.hooks import cpu_state
 
 if TYPE_CHECKING:
-    from pipeline.engine.context import StageHandle
+    from pipeline.engine.rundir import StageRecord
 
 Scope = Literal["conv", "conv_linear"]
 SCOPE_KINDS: dict[str, tuple[str, ...]] = {"conv": ("conv",), "conv_linear": ("conv", "linear")}
@@ -155,13 +155,6 @@ def _nni_masks(model: nn.Module, criterion: CriterionConfig, density: float, wit
     return MaskSet({n: m & within[n].to(m.device) for n, m in masks.items()})
 
 
-def sparsity_record(masks: MaskSet) -> dict[str, Any]:
-    """The `sparsity` section of stage.json."""
-    kept, total = sum(masks.counts().values()), sum(masks.sizes().values())
-    return {"density": kept / total if total else 1.0, "sparsity": 1.0 - kept / total if total else 0.0,
-            "kept": kept, "total": total, "layers": masks.layer_densities()}
-
-
 # ---------------------------------------------------------------------------------------------- rewinding
 
 _REWIND = re.compile(r"^(init|pretrained|epoch_([1-9][0-9]*))$")
@@ -222,12 +215,12 @@ def round_metadata(arch: str, stage: str, k: int) -> dict[str, str]:
     return {"pipeline": json.dumps({"arch": arch, "round": k, "stage": stage}, sort_keys=True)}
 
 
-def load_round(handle: StageHandle, k: int, device: torch.device | str = "cpu"):
+def load_round(stage: StageRecord, k: int, device: torch.device | str = "cpu"):
     """(model, masks, card) of round k of a finished `imp` stage, for a downstream stage that picks a
     round other than the one the stage selected (e.g. a `ticket: k` option)."""
-    rounds = {r["round"]: r for r in handle.record.get("imp", {}).get("rounds", []) if r.get("files")}
+    rounds = {r["round"]: r for r in (stage.section("imp") or {}).get("rounds", []) if r.get("files")}
     if k not in rounds:
-        raise CheckpointError(f"stage {handle.name!r} has no ticket of round {k} "
+        raise CheckpointError(f"stage {stage.name!r} has no ticket of round {k} "
                               f"(rounds with tickets: {sorted(rounds) or 'none'})")
     weights, _ = round_files(k)
-    return handle.load_model(device, weights=weights)  # round_KK.masks.safetensors comes along
+    return stage.load_model(device, weights=weights)  # round_KK.masks.safetensors comes along

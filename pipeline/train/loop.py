@@ -21,11 +21,11 @@ import torch
 from pydantic import Field, model_validator
 
 from pipeline.engine import distributed, store
-from pipeline.metrics.flops import FLOPS_CONVENTION, TrainingFlopsMeter, count_macs, inference_flops
+from pipeline.metrics.flops import FlopsRecord, InferenceFlops, TrainingFlopsMeter, count_macs, inference_flops
 from pipeline.metrics.attacks import AttackConfig, make_train_attack
 from pipeline.engine.errors import ConfigError
 from pipeline.data import DataSplits, num_batches, training_batches
-from pipeline.metrics.evaluation import evaluate, select_best, summarize_history
+from pipeline.metrics.evaluation import SELECTION_KEYS, evaluate, summarize_history
 from pipeline.engine.schema import StrictModel
 from pipeline.engine.seeding import eval_attack_seed
 from pipeline.train.hooks import TrainingHooks, cpu_state  # noqa: F401  (re-exported)
@@ -105,7 +105,7 @@ class TrainingConfig(StrictModel):
     @property
     def select_key(self) -> str:
         """The history key the best epoch is chosen on: val RA, or val SA when evaluation measures no RA."""
-        return "val_ra" if self.eval.robust else "val_sa"
+        return SELECTION_KEYS[0] if self.eval.robust else SELECTION_KEYS[1]
 
     @model_validator(mode="after")
     def _attack_follows_mode(self):
@@ -137,6 +137,11 @@ class TrainResult:
         """RA/SA best, final and their differences, with best chosen as training chose it (spec §1.1)."""
         return summarize_history(self.history, self.select_key)
 
+    def metrics(self, select: str | None = None) -> dict:
+        """A training stage's metrics: the summary, which checkpoint it kept, epochs and steps run."""
+        return {**self.summary(), **({"selected": select} if select is not None else {}),
+                "epochs_run": len(self.history), "steps": self.steps}
+
     def chosen_state(self, select: str) -> dict:
         return self.best_state if select == "best" and self.best_state is not None else self.final_state
 
@@ -154,7 +159,7 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
     opt_cfg = cfg.optimizer
     optimizer = torch.optim.SGD(model.parameters(), lr=opt_cfg.lr, momentum=opt_cfg.momentum,
                                 weight_decay=opt_cfg.weight_decay, nesterov=opt_cfg.nesterov)
-    dtrain = DistributedTraining(model, device, ctx.cfg.run.distributed, batch_size=cfg.batch_size,
+    dtrain = DistributedTraining(model, device, ctx.pipeline_config.run.distributed, batch_size=cfg.batch_size,
                                  n_train=len(data.train_y), drop_last=cfg.drop_last, where=f"stages.{ctx.name}")
     forward_model = torch.compile(dtrain.forward_model) if cfg.compile else dtrain.forward_model
     attack = dtrain.attack(make_train_attack(cfg.attack))
@@ -293,16 +298,8 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
     board.close()
     dtrain.close()
     final = inference_flops(layer_macs, hooks.densities())
-    k = meter.attack_steps
-    ctx.record["flops"] = {
-        "inference": {"dense_flops": final["dense_flops"], "sparse_flops": final["sparse_flops"],
-                      "ratio": final["ratio"], "per_image": True},
-        "training": {"paper": meter.paper, "corrected": meter.corrected, "images": meter.images,
-                     "steps": meter.steps, "mode": cfg.mode, "attack_steps": k,
-                     "paper_at_final_density": (k + 1) * 3 * meter.images * final["sparse_flops"],
-                     "dense_equivalent_paper": (k + 1) * 3 * meter.images * final["dense_flops"]},
-        "convention": FLOPS_CONVENTION,
-    }
+    ctx.record["flops"] = FlopsRecord(inference=InferenceFlops(final["dense_flops"], final["sparse_flops"], final["ratio"]),
+                                      training=meter.record(final)).to_json()
     if dtrain.on:
         ctx.record["distributed"] = dtrain.record()
     return TrainResult(history=list(ctx.history), best_epoch=best_epoch, best_state=best_state,
@@ -335,31 +332,6 @@ class _TensorBoard:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
-
-
-def save_trained(ctx, model: torch.nn.Module, card: dict, result: TrainResult, select: str, masks=None,
-                 best_masks=None) -> str:
-    """model.safetensors (+ masks.safetensors) = the selected weights; the other of best/final is kept
-    beside it as model_best / model_final.safetensors (+ .masks.safetensors) so evaluation can judge both.
-    `best_masks` is the topology of the best epoch when it differs (dynamic sparsity); default `masks`.
-    Returns which checkpoint was selected."""
-    best_masks = masks if best_masks is None else best_masks
-    chosen = "best" if select == "best" and result.best_state is not None else "final"
-    model.load_state_dict(result.chosen_state(chosen))
-    ctx.save_model(model, card, masks=best_masks if chosen == "best" else masks)
-    files = {"model.safetensors": chosen}
-    other = None
-    if result.best_state is not None and result.best_epoch != len(result.history):  # else best is final
-        other = ("final", result.final_state, masks) if chosen == "best" else ("best", result.best_state, best_masks)
-    if other is not None:
-        label, state, other_masks = other
-        ctx.save_weights(state, f"model_{label}.safetensors", masks=other_masks)
-        files[f"model_{label}.safetensors"] = label
-        if other_masks is not None:
-            ctx.save_masks(other_masks, f"model_{label}.masks.safetensors")
-    ctx.record["checkpoints"] = {"files": files, "best_epoch": result.best_epoch,
-                                 "final_epoch": len(result.history)}
-    return chosen
 
 
 def _fold(sums: dict, loss_acc: torch.Tensor, correct_acc: torch.Tensor, n: int, seconds: float) -> dict:
@@ -399,7 +371,3 @@ def _epoch_line(name: str, row: dict, epochs: int) -> str:
     parts.append(f"{row['train_seconds'] + row.get('eval_seconds', 0):.1f}s")
     return "  ".join(parts)
 
-
-def best_epoch_of(history: list[dict], key: str = "val_ra") -> int | None:
-    idx = select_best(history, key)
-    return None if idx is None else history[idx]["epoch"]

@@ -13,6 +13,7 @@ from pipeline.engine import store
 from pipeline.engine.errors import CheckpointError
 from pipeline.engine.seeding import capture_rng, derive_seed, restore_rng
 from pipeline.models.card import build_model, model_card
+from pipeline.models.structure import STRUCTURE_FILE, replay_structure, structure_record
 
 if TYPE_CHECKING:
     from pipeline.engine.config import PipelineConfig
@@ -83,6 +84,8 @@ class StageHandle:
         if card is None:
             raise CheckpointError(f"stage {holder.name!r} has no model card in its stage.json")
         model = build_model(card)
+        if holder.has_file(STRUCTURE_FILE):  # a shrunk network: its structure is replayed before the weights load
+            replay_structure(model, holder.file(STRUCTURE_FILE))
         state = holder.read_tensors(weights)
         missing, unexpected = _load_strict(model, state)
         if missing or unexpected:
@@ -201,6 +204,9 @@ class StageContext:
                             else filename.removesuffix(".safetensors") + ".masks.safetensors")
         if filename == "model.safetensors":
             self.model_card = dict(card)
+            structure = structure_record(model, (card["in_chans"], *card["input_size"]))
+            if structure is not None:  # the weights of a shrunk network only fit after this replay
+                self.write_json(STRUCTURE_FILE, structure)
 
     def save_masks(self, masks, filename: str) -> None:
         self.files[filename] = store.save_tensors(self.dir / filename, {k: v.bool() for k, v in masks.items()})

@@ -23,8 +23,8 @@ from pipeline.engine.schema import StrictModel
 from pipeline.engine.stage import Stage, StageConfig
 from pipeline.metrics.attacks import AttackConfig, make_train_attack
 from pipeline.metrics.flops import count_macs
-from pipeline.models.channel_plan import CRITERIA, MacsModel, adversarial_gradients, plan_groups, search
-from pipeline.models.structure import FORMAT, apply_structure, dependency_graph, prune_groups, slice_like, steps_of
+from pipeline.models.channel_plan import CRITERIA, adversarial_gradients, plan_groups, prune_to_target
+from pipeline.models.structure import FORMAT, apply_structure, dependency_graph, slice_like, steps_of
 from pipeline.sparsity import MaskSet
 
 
@@ -91,11 +91,8 @@ class ChannelPrune(Stage):
                 target = dict(target_channels=int(round(total_channels * (1 - cfg.channel_sparsity * frac))))
             if cfg.importance == "taylor":
                 self._taylor_gradients(ctx, cfg, model, step)
-            groups = plan_groups(model, graph, cfg.importance, cfg.min_keep, sizes, cfg.round_to)
-            removed = search(groups, MacsModel(model, shape, groups), scope=cfg.scope, round_to=cfg.round_to, **target)
-            model.zero_grad(set_to_none=True)
-            made = prune_groups(model, graph, [(g.root, torch.nonzero(m).flatten().tolist())
-                                               for g, m in zip(groups, removed)])
+            made = prune_to_target(model, graph, shape, scope=cfg.scope, importance=cfg.importance,
+                                   min_keep=cfg.min_keep, original_sizes=sizes, round_to=cfg.round_to, **target)
             macs = _macs(model, shape)
             log.append({"step": step, **target, "macs": macs, "channels_removed": sum(len(s["removed"]) for s in made)})
             ctx.log(f"[{ctx.name}] step {step}/{cfg.steps}: {log[-1]['channels_removed']} channels removed, "

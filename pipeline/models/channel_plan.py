@@ -192,3 +192,18 @@ def search(groups: list[Group], macs_model: MacsModel, *, scope: str, target_mac
         else:
             hi = mid
     return _removal(groups, counts_for(groups, scope, best, round_to))
+
+
+def prune_to_target(model: nn.Module, graph: tp.DependencyGraph, input_shape, *, target_macs: int | None = None,
+                    target_channels: int | None = None, scope: str = "global", importance: str = "l2",
+                    min_keep: float = 0.1, original_sizes: dict[str, int] | None = None,
+                    round_to: int = 1) -> list[dict]:
+    """One pruning step: rank, search the cut nearest the target, remove it (in place). Returns the steps
+    (also appended to the model's structure history). For `taylor`, .grad must hold dL/dw already."""
+    from pipeline.models.structure import prune_groups
+
+    groups = plan_groups(model, graph, importance, min_keep, original_sizes, round_to)
+    removed = search(groups, MacsModel(model, input_shape, groups), scope=scope, round_to=round_to,
+                     target_macs=target_macs, target_channels=target_channels)
+    model.zero_grad(set_to_none=True)
+    return prune_groups(model, graph, [(g.root, torch.nonzero(m).flatten().tolist()) for g, m in zip(groups, removed)])

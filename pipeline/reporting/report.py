@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.reporting import plots
+from pipeline.reporting.sections.deployment import deployment_section
 from pipeline.engine import store
 from pipeline.engine.context import selected_history
 from pipeline.engine.errors import CheckpointError, PipelineError
@@ -360,6 +361,7 @@ def write_report(run_dir: Path | str, out: Path | str | None = None) -> Path:
     rep.section("Robustness evaluation", lambda: _evaluation(rep))
     rep.section("FLOPs", lambda: _flops(rep))
     rep.section("Latency (onnxruntime)", lambda: _latency(rep))
+    rep.section("Deployment: compression against the dense baseline", lambda: deployment_section(rep))
     rep.add("## Resolved config")
     rep.add("```yaml\n" + run.config_text.rstrip() + "\n```")
     store.atomic_write_text(out, rep.text())

@@ -4,9 +4,13 @@ All sessions are built first with identical settings, then timed in alternating 
 A, B, C, ...) so that a frequency change or a noisy neighbour hits every model alike instead of
 whichever happened to run last. Peak resident memory of a session is what the process's high-water
 mark rises by while the session is created and warmed up (Linux: VmHWM, reset through clear_refs).
+`clock="cpu"` (CPU provider, one intra-op thread) times the calling thread's CPU time instead of wall
+time: with one thread onnxruntime computes on the caller, and on a shared machine wall time mostly
+measures the neighbours.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -35,17 +39,32 @@ def _reset_peak() -> bool:
         return False
 
 
+def _time_thread(session, x: np.ndarray, warmup: int, runs: int) -> np.ndarray:
+    feed = {session.get_inputs()[0].name: x}
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = np.empty(runs, dtype=np.float64)
+    for i in range(runs):
+        start = time.thread_time_ns()
+        session.run(None, feed)
+        times[i] = (time.thread_time_ns() - start) / 1e6
+    return times
+
+
 def compare_models(paths: Mapping[str, str | Path], provider: str, *, input_shape: Sequence[int],
                    batch_sizes: Sequence[int] = (1, 64), warmup: int = 10, runs: int = 100, rounds: int = 5,
-                   intra_op_threads: int = 1, seed: int = 0, device_id: int = 0) -> dict[str, dict]:
+                   intra_op_threads: int = 1, seed: int = 0, device_id: int = 0,
+                   clock: str = "wall") -> dict[str, dict]:
     """Per model name: {"per_batch": {batch: latency stats}, "peak_rss_mb"}; `runs` per batch size and model,
     split over `rounds` alternating rounds."""
     if runs < rounds:
         raise ValueError(f"runs ({runs}) must be >= rounds ({rounds})")
+    if clock == "cpu" and (provider != "cpu" or intra_op_threads != 1):
+        raise ValueError("clock 'cpu' measures the calling thread: only for the CPU provider with 1 intra-op thread")
     rng = np.random.default_rng(seed)
     inputs = {b: rng.random((int(b), *input_shape), dtype=np.float32) for b in batch_sizes}
     sessions, peak = {}, {}
-    time_fn = _time_cuda if provider == "cuda" else _time_cpu
+    time_fn = _time_cuda if provider == "cuda" else _time_thread if clock == "cpu" else _time_cpu
     extra = (device_id,) if provider == "cuda" else ()
     for name, path in paths.items():
         before = _status_kb("VmRSS")

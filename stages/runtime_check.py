@@ -18,7 +18,7 @@ from exports.onnx_export import export_onnx, graph_stats
 from exports.ort_runtime import ProviderMissing, available_providers, cpu_model
 from exports.runtime_compare import compare_models
 from pipeline.engine.context import StageHandle
-from pipeline.engine.errors import CheckpointError, PipelineError, StageFailed
+from pipeline.engine.errors import CheckpointError, ConfigError, PipelineError, StageFailed
 from pipeline.engine.stage import Stage, StageConfig
 from pipeline.models.card import build_model
 
@@ -35,9 +35,12 @@ class RuntimeCheckConfig(StageConfig):
     rounds: int = Field(default=5, ge=1, description="runs are split into this many rounds alternating between models")
     warmup: int = Field(default=20, ge=1)
     intra_op_threads: int | None = Field(default=None, gt=0, description="CPU threads per op (default: all cores); fixed and recorded")
+    clock: Literal["wall", "cpu"] = Field(
+        default="wall", description="wall time, or the timing thread's CPU time (CPU provider, intra_op_threads: 1; "
+                                    "robust on a shared machine)")
     onnx_file: str = Field(default="model.onnx", description="file of the input stage whose figures fill `providers`")
-    dense_from: str | None = Field(default=None, description="stage whose model is the dense baseline (default: the "
-                                                             "run's dense_warmup stage, else a fresh build)")
+    dense_from: str | None = Field(default=None, description="stage whose model is the dense baseline, or 'fresh' "
+                                                             "(default: the run's dense_warmup stage, else fresh)")
     budget_variant: str | None = Field(default=None, description="variant the budgets apply to (default: structured "
                                                                  "when exported, else the first)")
     max_latency_ms: float | None = Field(default=None, gt=0, description="budget: CPU batch-1 median latency")
@@ -56,6 +59,8 @@ class RuntimeCheck(Stage):
         card = ctx.input.model_stage().card
         shape = (card["in_chans"], *card["input_size"])
         threads = cfg.intra_op_threads or os.cpu_count() or 1
+        if cfg.clock == "cpu" and threads != 1:
+            raise ConfigError(f"stages.{ctx.name}.clock: 'cpu' needs intra_op_threads: 1 (got {threads})")
         models = self._variants(ctx, cfg)
         dense_path, source = self._dense_baseline(ctx, cfg, card, shape)
         files = {"dense": dense_path, **{name: path for name, (path, _) in models.items()}}
@@ -70,7 +75,8 @@ class RuntimeCheck(Stage):
                                           f"(available: {', '.join(present)})")
                 timed[prov] = compare_models(files, prov, input_shape=shape, batch_sizes=cfg.batch_sizes,
                                              warmup=cfg.warmup, runs=cfg.runs, rounds=cfg.rounds,
-                                             intra_op_threads=threads, seed=ctx.seed)
+                                             intra_op_threads=threads, seed=ctx.seed,
+                                             clock=cfg.clock if prov == "cpu" else "wall")
             except ProviderMissing as exc:  # absent, or listed but unable to start (e.g. no CUDA libraries)
                 if cfg.on_missing == "error" or prov == "cpu":
                     raise PipelineError(f"runtime_check: {exc}; set on_missing: skip to time the others") from None
@@ -100,11 +106,11 @@ class RuntimeCheck(Stage):
         primary = next((n for n, (p, _) in models.items() if p.name == cfg.onnx_file), next(iter(models)))
         providers = {prov: (res if "status" in res else
                             {"status": "ok", "per_batch": res[primary]["per_batch"],
-                             "environment": _environment(prov, threads)}) for prov, res in timed.items()}
+                             "environment": _environment(prov, threads, cfg.clock if prov == "cpu" else "wall")}) for prov, res in timed.items()}
         runtime = {"model": str(files[primary].relative_to(ctx.run_dir)), "input_shape": list(shape),
                    "intra_op_threads": threads, "providers": providers,
                    "comparison": {"baseline": {"source": source, "file": str(dense_path.relative_to(ctx.run_dir))},
-                                  "throughput_batch": int(big), "rows": rows,
+                                  "throughput_batch": int(big), "rows": rows, "clock": cfg.clock,
                                   "note": "speedup = dense median time / variant median time at the same batch; "
                                           "macs_cut = dense MACs / variant MACs (from the ONNX graphs)"}}
         ctx.write_json("runtime.json", runtime)
@@ -138,19 +144,29 @@ class RuntimeCheck(Stage):
     def _dense_baseline(ctx, cfg, card, shape):
         path = ctx.dir / DENSE_FILE
         model, source = None, None
-        names = [cfg.dense_from] if cfg.dense_from else [s.name for s in ctx.cfg.stages if s.type == "dense_warmup"]
+        if cfg.dense_from == "fresh":
+            names = []
+        elif cfg.dense_from:
+            names = [cfg.dense_from]
+        else:
+            names = [s.name for s in ctx.cfg.stages if s.type == "dense_warmup" and s.name != ctx.name]
         for name in names:
             try:
-                handle = StageHandle(ctx.run_dir, name)
-                other = handle.card or {}
-                if all(other.get(k) == card[k] for k in ("arch", "num_classes", "in_chans", "input_size")) \
-                        and not handle.has_file("structure.json"):
-                    model, _, _ = handle.load_model("cpu")
-                    source = f"stage {name!r} (dense weights)"
-                    break
+                handle = StageHandle(ctx.run_dir, name).model_stage()
             except CheckpointError:
                 if cfg.dense_from:
                     raise
+                continue
+            other = handle.card or {}
+            fits = all(other.get(k) == card[k] for k in ("arch", "num_classes", "in_chans", "input_size"))
+            if fits and not handle.has_file("structure.json"):
+                model, _, _ = handle.load_model("cpu")
+                source = f"stage {handle.name!r} (dense weights)"
+                break
+            if cfg.dense_from:
+                raise StageFailed(f"runtime_check: dense_from {cfg.dense_from!r} holds no dense {card['arch']} of "
+                                  f"input {card['input_size']} (channel-pruned, or another architecture); "
+                                  "name a dense stage or use dense_from: fresh")
         if model is None:
             torch.manual_seed(ctx.seed)
             model = build_model(card)
@@ -182,12 +198,12 @@ class RuntimeCheck(Stage):
             raise StageFailed(f"runtime_check: variant {row['variant']!r} (cpu) misses its budget: " + "; ".join(failed))
 
 
-def _environment(provider: str, threads: int) -> dict:
+def _environment(provider: str, threads: int, clock: str) -> dict:
     import platform
 
     import onnxruntime as ort
 
-    return {"onnxruntime": ort.__version__, "provider": provider, "intra_op_threads": threads,
+    return {"onnxruntime": ort.__version__, "provider": provider, "intra_op_threads": threads, "clock": clock,
             "inter_op_threads": 1, "graph_optimization": "all", "execution_mode": "sequential",
             "cpu": cpu_model(), "platform": platform.platform(), "python": platform.python_version(),
             "timing": "alternating rounds across models (exports.runtime_compare)"}

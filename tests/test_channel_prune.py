@@ -145,12 +145,22 @@ def test_shrunk_model_exports_times_against_dense_and_predicts(write_config, tmp
     assert rows["dense"]["speedup"] == {"1": 1.0, "16": 1.0}
     assert rt["providers"]["cpu"]["status"] == "ok"  # the figures of model.onnx, as before
 
+    run_cli("report", str(run_dir), check=True)
+    text = (run_dir / "report.md").read_text()
+    assert "## Deployment: compression against the dense baseline" in text
+    assert "Unstructured zeros buy no latency in onnxruntime" in text and "| `structured` | cpu |" in text
+    assert (run_dir / "plots" / "runtime_check_deployment.png").stat().st_size > 0
+
     pred = run_cli("predict", str(run_dir / "export" / "model.structured.onnx"), str(_digit_png(tmp_path)), check=True)
     assert pred.stdout.strip()
 
-    failed = run_cli("run", str(path), "--run-dir", str(run_dir), "-q", "--set", "stages.runtime_check.max_file_mb=0.001")
+    failed = run_cli("run", str(path), "--run-dir", str(run_dir), "-q", "--set", "stages.runtime_check.max_file_mb=0.001",
+                     "--set", "stages.runtime_check.dense_from=fresh")
     assert failed.returncode == 5 and "Traceback" not in failed.stderr
     assert "max_file_mb=0.001" in failed.stderr and "model.structured.onnx is 0.0" in failed.stderr
+    fresh = json.loads((run_dir / "runtime_check" / "runtime.json").read_text())["comparison"]
+    assert fresh["baseline"]["source"].startswith("fresh small_cnn of the same shapes")
+    assert {r["variant"]: r["macs"] for r in fresh["rows"]}["dense"] == dense_macs
 
 
 def _digit_png(tmp_path):

@@ -191,7 +191,31 @@ def search(groups: list[Group], macs_model: MacsModel, *, scope: str, target_mac
             lo = mid
         else:
             hi = mid
-    return _removal(groups, counts_for(groups, scope, best, round_to))
+    counts = _refine(groups, counts_for(groups, scope, best, round_to), value_of=lambda c: (
+        macs_model.macs(_removal(groups, c)) if target_macs is not None else total - sum(c)), target=target,
+        step=round_to)
+    return _removal(groups, counts)
+
+
+def _refine(groups: list[Group], counts: list[int], *, value_of, target: int, step: int, rounds: int = 50) -> list[int]:
+    """Move single groups by one width step while that brings the value closer to the target: rounded
+    widths make the bisection's steps coarse, and a neighbouring combination is often much closer."""
+    counts = list(counts)
+    best = abs(value_of(counts) - target)
+    for _ in range(rounds):
+        improved = False
+        for i, g in enumerate(groups):
+            for delta in (step, -step):
+                k = _rounded(g, counts[i] + delta, step)
+                if k == counts[i]:
+                    continue
+                trial = counts[:i] + [k] + counts[i + 1:]
+                miss = abs(value_of(trial) - target)
+                if miss < best:
+                    counts, best, improved = trial, miss, True
+        if not improved:
+            break
+    return counts
 
 
 def prune_to_target(model: nn.Module, graph: tp.DependencyGraph, input_shape, *, target_macs: int | None = None,

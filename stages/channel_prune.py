@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import os
 import signal
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -61,7 +61,6 @@ _FAULT_AFTER_STEPS = int(os.environ.get("PIPELINE_FAULT_AFTER_STEPS", "0") or 0)
 class ChannelPrune(Stage):
     Config = ChannelPruneConfig
     summary = "structured channel pruning to a MACs or channel target (torch-pruning groups); stores structure.json"
-    example: ClassVar[dict] = {"type": "channel_prune", "macs_ratio": 0.5}
 
     def run(self, ctx) -> None:
         cfg: ChannelPruneConfig = ctx.config

@@ -10,7 +10,7 @@ records file bytes, parameters, MACs counted from the ONNX graph, and the parity
 from __future__ import annotations
 
 import copy
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -55,7 +55,6 @@ def model_sparsity(model: torch.nn.Module, masks) -> float:
 class Export(Stage):
     Config = ExportConfig
     summary = "ONNX variants (masked, structured, sparse initializers) with metadata, each parity-checked"
-    example: ClassVar[dict] = {"type": "export", "variants": ["masked", "structured"], "parity_samples": 16}
 
     def run(self, ctx) -> None:
         cfg: ExportConfig = ctx.config

@@ -9,7 +9,7 @@ speedup = dense time / variant time beside macs_cut = dense MACs / variant MACs.
 from __future__ import annotations
 
 import os
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field, PositiveInt
@@ -51,8 +51,6 @@ class RuntimeCheckConfig(StageConfig):
 class RuntimeCheck(Stage):
     Config = RuntimeCheckConfig
     summary = "onnxruntime latency/throughput/size/RSS of each export variant against the dense baseline; budgets"
-    example: ClassVar[dict] = {"type": "runtime_check", "providers": ["cpu"], "batch_sizes": [1, 4], "runs": 100,
-                               "warmup": 1, "rounds": 2, "intra_op_threads": 1}
 
     def run(self, ctx) -> None:
         cfg: RuntimeCheckConfig = ctx.config

@@ -64,7 +64,7 @@ def test_root_pipeline_runs_and_resumes_after_sigkill_bit_identically(tmp_path):
     # the channel cut keeps the ticket's mask (sliced): still about half of the remaining weights are zero
     assert 0.3 < json.loads((ref / "export" / "stage.json").read_text())["metrics"]["sparsity"] < 0.7
     prune = json.loads((ref / "channel_prune" / "stage.json").read_text())["metrics"]
-    assert prune["macs_ratio"] == pytest.approx(0.5, rel=0.02)
+    assert prune["macs_ratio"] == pytest.approx(0.25, rel=0.05)  # widths in multiples of 8, tolerance 0.05
     rows = {r["variant"]: r for r in json.loads((ref / "runtime_check" / "runtime.json").read_text())["comparison"]["rows"]}
     assert rows["structured"]["macs_cut"] > 1.9 and rows["structured"]["bytes"] < rows["dense"]["bytes"]
     assert list((ref / "tensorboard" / "warmup").glob("events.out.tfevents.*"))

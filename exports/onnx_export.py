@@ -1,17 +1,15 @@
 """ONNX export with the model card in the metadata; zero-rich weights rewritten as sparse initializers.
 
-Every file is written atomically: built and checked under a temporary name in the target folder,
-fsynced, then renamed, so a crash or a failed check never leaves a half-written model.onnx behind.
+Every file is written atomically (pipeline.engine.store.atomic_path): built and checked under a temporary
+name in the target folder, fsynced, then renamed, so a crash or a failed check never leaves a half-written
+model.onnx behind. `graph_stats` measures what a deployer pays for a file: bytes, parameters, MACs.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import os
-import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,8 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 from torch import nn
+
+from pipeline.engine import store
 
 MIN_OPSET = 17
 INPUT_NAME = "input"
@@ -30,37 +30,11 @@ META_CLASS_NAMES = "class_names"
 _JSON_KEYS = "pipeline.json_keys"
 
 
-@contextlib.contextmanager
-def _atomic_target(path: Path) -> Iterator[Path]:
-    """Yield a temp path beside `path`; on success fsync it and rename it over `path`, else delete it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    with contextlib.suppress(OSError):  # directory fsync makes the rename durable; not possible everywhere
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
 def _json_default(value: object) -> object:
-    if isinstance(value, (np.generic, torch.Tensor)) and getattr(value, "ndim", 0) == 0:
-        return value.item()
-    if isinstance(value, (np.ndarray, torch.Tensor)):
+    # arrays as lists; everything else as the run store writes it, so metadata and stage.json agree
+    if isinstance(value, (np.ndarray, torch.Tensor)) and getattr(value, "ndim", 0) > 0:
         return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+    return store._json_default(value)
 
 
 def _set_metadata(model: onnx.ModelProto, metadata: Mapping[str, object]) -> None:
@@ -108,11 +82,13 @@ def read_metadata(path: str | Path) -> dict[str, object]:
 
 
 def export_onnx(model: nn.Module, path: str | Path, *, input_shape: tuple[int, int, int],
-                metadata: Mapping[str, object], opset: int = 17) -> Path:
+                metadata: Mapping[str, object], opset: int = 17, model_version: int = 1,
+                doc_string: str = "") -> Path:
     """Export `model` (a copy, in eval mode, fp32 on CPU) to `path` with a dynamic batch axis.
 
     The graph has one input "input" (N, C, H, W) and one output "logits" (N, classes).
-    `metadata` goes into `metadata_props`; `input_shape` is added to it.
+    `metadata` goes into `metadata_props`; `input_shape` is added to it. `model_version` and `doc_string`
+    fill the ModelProto fields of the same names (what model registries and Netron show).
     """
     if opset < MIN_OPSET:
         raise ValueError(f"opset must be >= {MIN_OPSET}, got {opset}")
@@ -123,7 +99,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_shape: tuple[int, i
     net = copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
     dummy = torch.zeros(1, *input_shape)
 
-    with _atomic_target(path) as tmp:
+    with store.atomic_path(path) as tmp:
         with warnings.catch_warnings():
             # The TorchScript exporter announces its deprecation; dynamo=True would need onnxscript.
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -134,6 +110,8 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_shape: tuple[int, i
             )
         proto = onnx.load(str(tmp))
         _set_metadata(proto, {**metadata, META_INPUT_SHAPE: list(input_shape)})
+        proto.model_version = int(model_version)
+        proto.doc_string = doc_string
         onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
     return path
@@ -182,7 +160,7 @@ def to_sparse_initializers(src: str | Path, dst: str | Path, *, min_sparsity: fl
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
 
-    with _atomic_target(dst) as tmp:
+    with store.atomic_path(dst) as tmp:
         onnx.save(model, str(tmp))
         onnx.checker.check_model(str(tmp))
     src_bytes, dst_bytes = src.stat().st_size, dst.stat().st_size
@@ -191,3 +169,48 @@ def to_sparse_initializers(src: str | Path, dst: str | Path, *, min_sparsity: fl
         "size_ratio": dst_bytes / src_bytes, "smaller": dst_bytes < src_bytes,
         "min_sparsity": min_sparsity, "n_converted": len(converted), "converted": converted,
     }
+
+
+def graph_stats(path: str | Path) -> dict:
+    """Bytes, parameters (all and non-zero) and per-image MACs of an ONNX classifier, read from its graph.
+
+    MACs follow pipeline.metrics.flops (Conv and Gemm/MatMul weights only), with the output shapes from
+    ONNX shape inference at batch 1, so they describe the file as it will run, not the torch module.
+    """
+    path = Path(path)
+    model = onnx.load(str(path))
+    graph = model.graph
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for sp in graph.sparse_initializer:
+        weights[sp.values.name] = _dense_of_sparse(sp)
+    dim0 = graph.input[0].type.tensor_type.shape.dim[0]
+    dim0.Clear()
+    dim0.dim_value = 1
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {}
+    for vi in [*inferred.graph.value_info, *inferred.graph.output]:
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+        shapes[vi.name] = dims
+    macs = 0
+    for node in graph.node:
+        out = shapes.get(node.output[0])
+        if node.op_type == "Conv" and node.input[1] in weights and out and None not in out:
+            w = weights[node.input[1]]
+            macs += int(np.prod(out[1:])) * int(np.prod(w.shape[1:]))
+        elif node.op_type in ("Gemm", "MatMul") and out and None not in out:
+            w = weights.get(node.input[1])
+            if w is not None and w.ndim == 2:
+                trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+                k = w.shape[1] if trans_b else w.shape[0]
+                macs += int(np.prod(out[1:])) * int(k)
+    float_params = [w for w in weights.values() if np.issubdtype(w.dtype, np.floating)]
+    return {"bytes": path.stat().st_size, "params": int(sum(w.size for w in float_params)),
+            "nonzero_params": int(sum(np.count_nonzero(w) for w in float_params)), "macs": int(macs)}
+
+
+def _dense_of_sparse(sp: onnx.SparseTensorProto) -> np.ndarray:
+    values = numpy_helper.to_array(sp.values)
+    idx = numpy_helper.to_array(sp.indices)
+    dense = np.zeros(int(np.prod(sp.dims)), dtype=values.dtype)
+    dense[idx.reshape(-1) if idx.ndim == 1 else np.ravel_multi_index(idx.T, tuple(sp.dims))] = values
+    return dense.reshape(tuple(sp.dims))

@@ -8,6 +8,7 @@ BUILTIN = {
     "early_bird": "stages.early_bird:EarlyBird",
     "imp": "stages.imp:Imp",
     "rewire": "stages.rewire:Rewire",
+    "channel_prune": "stages.channel_prune:ChannelPrune",
     "finetune": "stages.finetune:Finetune",
     "evaluate": "stages.evaluate:Evaluate",
     "export": "stages.export:Export",

@@ -89,7 +89,8 @@ def test_report_of_a_real_sparse_run_through_the_cli(real_run):
     pngs = {p.name for p in check_plots(report)}
     assert pngs == {"eb_accuracy.png", "finetune_accuracy.png", "fbp_accuracy.png", "eb_density.png",
                     "fbp_density.png", "eb_early_bird.png", "fbp_updates.png", "flops.png",
-                    "runtime_check_latency.png", "evaluate_corruption.png"}
+                    "runtime_check_latency.png", "evaluate_corruption.png", "runtime_check_deployment.png"}
+    assert "dense baseline = fresh small_cnn of the same shapes" in text  # no dense_warmup stage in this run
     for stage in ("eb", "finetune", "fbp", "evaluate", "export", "runtime_check"):
         assert f"| `{stage}` |" in text
     assert "`finetune` keeps the masks of `eb` unchanged." in text

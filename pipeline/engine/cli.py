@@ -243,6 +243,9 @@ def _print_summary(runner, statuses) -> None:
                                            for b, r in res["per_batch"].items() if b != "1"))
                 else:
                     lines.append(f"    {prov}: {res.get('status')} ({res.get('reason', '')})")
+            from exports.runtime_compare import summary_lines  # what compression bought, vs the dense baseline
+
+            lines += summary_lines(rt.comparison)
     runner.console.always(f"finished: {runner.run_dir}")
     for line in lines:
         runner.console.always(line)

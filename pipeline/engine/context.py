@@ -16,6 +16,7 @@ from pipeline.engine.rundir import MODEL, PROGRESS_DIR, StageRecord, masks_file_
 from pipeline.engine.seeding import derive_seed
 from pipeline.models.card import build_model
 from pipeline.models.card import model_card as card_for  # `self.model_card` is the card this stage hands on
+from pipeline.models.structure import STRUCTURE_FILE, structure_record
 
 if TYPE_CHECKING:
     from pipeline.engine.config import PipelineConfig
@@ -105,6 +106,9 @@ class StageContext:
             self.save_masks(masks, masks_file_for(filename))
         if filename == MODEL:
             self.model_card = dict(card)
+            structure = structure_record(model, (card["in_chans"], *card["input_size"]))
+            if structure is not None:  # the weights of a shrunk network only fit after this replay
+                self.write_json(STRUCTURE_FILE, structure)
 
     def save_masks(self, masks, filename: str) -> None:
         self.files[filename] = store.save_tensors(self.dir / filename, {k: v.bool() for k, v in masks.items()})

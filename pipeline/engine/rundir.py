@@ -27,6 +27,7 @@ PROGRESS_DIR = "progress"
 HISTORY = "history.jsonl"
 MASKS = "masks.safetensors"
 MODEL = "model.safetensors"
+STRUCTURE_FILE = "structure.json"  # pipeline.models.structure writes it beside a shrunk network's weights
 
 # Keys that change how a stage runs but not what it produces: editing them must not retrain anything.
 _NOT_FINGERPRINTED_STAGE = {"progress_every_steps"}
@@ -201,7 +202,12 @@ class StageRecord:
 
         if self.card is None:
             raise CheckpointError(f"stage {self.name!r} has no model card in its stage.json")
-        return build_model(self.card), self.card
+        model = build_model(self.card)
+        if self.has_file(STRUCTURE_FILE):  # a shrunk network: its structure is replayed before the weights load
+            from pipeline.models.structure import replay_structure
+
+            replay_structure(model, self.file(STRUCTURE_FILE))
+        return model, self.card
 
     def load_model(self, device: torch.device | str = "cpu", weights: str = MODEL):
         """(model, masks or None, card): the model is rebuilt from the holder's card, then its weights

@@ -23,6 +23,7 @@ from pipeline.reporting.sections.cost import flops, latency
 from pipeline.reporting.sections.robustness import robustness
 from pipeline.reporting.sections.sparsity import sparsity
 from pipeline.reporting.sections.training import stage_table, training_curves
+from pipeline.reporting.sections.deployment import deployment_section
 from pipeline.reporting.summary import COLUMNS, OPTIONAL_COLUMNS, summarize_run
 
 
@@ -87,6 +88,7 @@ def write_report(run_dir: Path | str, out: Path | str | None = None) -> Path:
     rep.section("Robustness evaluation", robustness)
     rep.section("FLOPs", flops)
     rep.section("Latency (onnxruntime)", latency)
+    rep.section("Deployment: compression against the dense baseline", deployment_section)
     rep.add("## Resolved config")
     rep.add("```yaml\n" + run.config_text.rstrip() + "\n```")
     store.atomic_write_text(out, rep.text())

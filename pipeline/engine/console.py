@@ -23,6 +23,9 @@ class Console:
         self._print(msg)
         self._log(msg)
 
+    def log_only(self, msg: str) -> None:
+        self._log(msg)
+
     def _print(self, msg: str) -> None:
         if self.bars:
             tqdm.write(msg, file=sys.stderr)  # above the live bars instead of through them

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pipeline.engine import store
+from pipeline.engine import integrity, store
 from pipeline.engine.errors import CheckpointError
 from pipeline.engine.seeding import capture_rng, derive_seed, restore_rng
 from pipeline.models.card import build_model, model_card
@@ -30,10 +30,7 @@ class StageHandle:
         self.name = name
         self.dir = Path(run_dir) / name
         self.run_dir = Path(run_dir)
-        path = self.dir / STAGE_JSON
-        if not path.exists():
-            raise CheckpointError(f"stage {name!r} has not finished: {path} is missing; run it first")
-        self.record: dict = store.read_json(path)
+        self.record: dict = integrity.checked_record(self.run_dir, name)  # refuses an altered stage.json
 
     @property
     def metrics(self) -> dict:
@@ -287,16 +284,29 @@ class StageContext:
         name = f"state-{number:06d}.pt"
         sha = store.save_state(self.progress_dir / name, state)
         store.atomic_write_json(manifest_path, {"fingerprint": self.fingerprint, "file": name, "sha256": sha,
-                                                "epoch": state.get("epoch"), "step": state.get("step")})
+                                                "epoch": state.get("epoch"), "step": state.get("step"),
+                                                "step_in_epoch": state.get("step_in_epoch")})
         for old in self.progress_dir.glob("state-*.pt"):
             if old.name != name:
                 old.unlink(missing_ok=True)
 
     def load_progress(self) -> dict | None:
+        try:
+            return self._load_progress()
+        except CheckpointError as exc:
+            stage = self.config.name
+            raise CheckpointError(f"{exc}\nstage {stage!r}'s saved progress is damaged; run with --from {stage} "
+                                  f"to restart {stage!r} from its beginning (later stages run again too)") from None
+
+    def _load_progress(self) -> dict | None:
+        from pipeline.engine.runguard import progress_detail
+
         manifest_path = self.progress_dir / "manifest.json"
         if not manifest_path.exists():
             return None
         manifest = store.read_json(manifest_path)
+        if not isinstance(manifest, dict) or not all(isinstance(manifest.get(k), str) for k in ("file", "sha256")):
+            raise CheckpointError(f"{manifest_path}: not a progress manifest")
         if manifest.get("fingerprint") != self.fingerprint:
             self.log(f"{self.name}: saved progress belongs to a different config; starting the stage over")
             self.clear_progress()
@@ -304,7 +314,7 @@ class StageContext:
         state = store.load_state(self.progress_dir / manifest["file"], manifest["sha256"])
         restore_rng(state.pop("rng"))
         self.set_history(state.pop("history"))
-        self.log(f"{self.name}: resuming from saved progress (epoch {manifest.get('epoch')}, step {manifest.get('step')})")
+        self.log(f"{self.name}: resuming from saved progress ({progress_detail(manifest)})")
         return state
 
     def clear_progress(self) -> None:

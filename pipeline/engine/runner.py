@@ -6,7 +6,6 @@ import json
 import platform
 import shutil
 import time
-import traceback
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -14,12 +13,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from pipeline.engine import store
+from pipeline.engine import integrity, runguard, store
 from pipeline.engine.config import PipelineConfig
 from pipeline.engine.console import Console
 from pipeline.engine.context import PROGRESS_DIR, STAGE_JSON, StageContext
 from pipeline.engine.seeding import seed_everything
-from pipeline.engine.errors import ConfigError, PipelineError, StageFailed
+from pipeline.engine.errors import CheckpointError, ConfigError, PipelineError, UsageError
 from pipeline.engine.lock import RunLock, lock_state
 from pipeline.engine.registry import STAGES
 
@@ -54,7 +53,7 @@ def output_fingerprint(fingerprint: str, files: dict[str, str]) -> str:
 class StageStatus:
     name: str
     type: str
-    state: str  # done | stale | pending | partial | running | failed
+    state: str  # done | stale | pending | partial | running | failed | damaged
     detail: str = ""
     metrics: dict | None = None
     seconds: float | None = None
@@ -63,7 +62,7 @@ class StageStatus:
 def resolve_device(requested: str) -> torch.device:
     if requested == "cuda":
         if not torch.cuda.is_available():
-            raise PipelineError("--device cuda: no CUDA device is visible to torch (torch.cuda.is_available() is False)")
+            raise UsageError("--device cuda: no CUDA device is visible to torch (torch.cuda.is_available() is False)")
         return torch.device("cuda")
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -92,31 +91,29 @@ class Runner:
 
     # -- status ---------------------------------------------------------------------------------
     def _record(self, name: str) -> dict | None:
-        path = self.run_dir / name / STAGE_JSON
-        if not path.exists():
-            return None
-        try:
-            return store.read_json(path)
-        except PipelineError:
-            return None
+        record, problem = integrity.read_record(self.run_dir, name)
+        return None if problem else record
 
-    def statuses(self) -> list[StageStatus]:
+    def statuses(self, deep: bool = False) -> list[StageStatus]:
+        """`deep`: hash every recorded file (before skipping); else the size + mtime fast path (integrity.py)."""
         out: list[StageStatus] = []
         by_name: dict[str, StageStatus] = {}
         locked = lock_state(self.run_dir) == "held"
         for st in self.cfg.stages:
-            rec = self._record(st.name)
+            rec, damage = integrity.stage_problem(self.run_dir, st.name, deep=deep)
             in_rec = self._record(st.input) if st.input else None
             in_status = by_name.get(st.input) if st.input else None
             sdir = self.run_dir / st.name
-            if rec is None:
+            if damage:
+                status = StageStatus(st.name, st.type, "damaged", damage)
+            elif rec is None:
                 if (sdir / "failed.json").exists():
                     fail = _safe_json(sdir / "failed.json")
                     status = StageStatus(st.name, st.type, "failed", fail.get("error", ""))
                 elif (sdir / PROGRESS_DIR / "manifest.json").exists():
                     man = _safe_json(sdir / PROGRESS_DIR / "manifest.json")
                     state = "running" if locked else "partial"
-                    status = StageStatus(st.name, st.type, state, f"saved at epoch {man.get('epoch')}, step {man.get('step')}")
+                    status = StageStatus(st.name, st.type, state, runguard.progress_detail(man))
                 else:
                     status = StageStatus(st.name, st.type, "pending")
             else:
@@ -134,14 +131,18 @@ class Runner:
 
     # -- run ------------------------------------------------------------------------------------
     def run(self, from_stage: str | None = None, until_stage: str | None = None, source: str | None = None,
-            overrides: list[str] | None = None) -> list[StageStatus]:
+            overrides: list[str] | None = None, repair: bool = False) -> list[StageStatus]:
         names = [s.name for s in self.cfg.stages]
         for flag, value in (("--from", from_stage), ("--until", until_stage)):
             if value is not None and value not in names:
                 raise ConfigError(f"{flag} {value}: no such stage (stages: {', '.join(names)})")
         start = names.index(from_stage) if from_stage else None
         stop = names.index(until_stage) if until_stage else len(names) - 1
+        if start is not None and start > stop:
+            raise UsageError(f"--from {from_stage} comes after --until {until_stage}: nothing would run")
         device = resolve_device(self.device_name)
+        if runguard.read_only_pass(self, stop, start, repair):
+            return self.statuses()
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.console.log_file = self.run_dir / "run.log"
@@ -157,27 +158,34 @@ class Runner:
                 if i > stop:
                     break
                 forced = start is not None and i >= start
-                status = {s.name: s for s in self.statuses()}[st.name]
+                status = {s.name: s for s in self.statuses(deep=not forced)}[st.name]
+                if status.state == "damaged" and not forced:
+                    if not repair:
+                        raise CheckpointError(status.detail)
+                    start, forced = i, True  # --repair: this stage and every later one run again
+                    self.console.always(f"[{st.name}] damaged ({status.detail.split('; run again')[0]}); re-running it")
                 if status.state == "done" and not forced:
-                    self.console.info(f"[{st.name}] done, skipped (fingerprint matches)")
+                    integrity.record_stage(self.run_dir, st.name)  # adopts a record the run did not list yet
+                    self.console.always(f"[{st.name}] done, skipped (fingerprint matches, files verified)")
                     continue
-                why = "--from" if forced else ("resuming" if status.state in ("partial", "running") else status.state)
+                why = ("--repair" if status.state == "damaged" else "--from") if forced else \
+                    ("resuming" if status.state in ("partial", "running") else status.state)
                 self._run_stage(st, device, fresh=forced, why=why)
         return self.statuses()
 
     def _report_stale_lock(self, info: dict) -> None:
-        self.console.always(f"note: the previous run in this directory (process {info.get('pid')}, started "
-                            f"{info.get('started')}) ended without finishing (stale lock); resuming from its saved progress")
+        self.console.always(runguard.stale_lock_note(self, info))
 
     def _run_stage(self, st, device: torch.device, *, fresh: bool, why: str) -> None:
         cls = STAGES.get(st.type)
         in_rec = self._record(st.input) if st.input else None
         fp = stage_fingerprint(self.cfg, st, in_rec.get("output_fingerprint") if in_rec else None)
         sdir = self.run_dir / st.name
+        integrity.forget_stage(self.run_dir, st.name)
         _clear_outputs(sdir, keep_progress=not fresh)
         ctx = StageContext(cfg=self.cfg, stage_cfg=st, run_dir=self.run_dir, device=device,
                            console=self.console, fingerprint=fp, data_cache=self._data_cache)
-        self.console.info(f"[{st.name}] running {st.type} ({why})")
+        self.console.always(f"[{st.name}] running {st.type} ({why})")
         seed_everything(self.cfg.run.seed)
         started = time.time()
         try:
@@ -186,15 +194,11 @@ class Runner:
             if isinstance(exc, KeyboardInterrupt):
                 self.console.always(f"[{st.name}] interrupted; run the same command again to resume")
                 raise
-            store.atomic_write_json(sdir / "failed.json", {
-                "error": str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(),
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            })
+            runguard.write_failure(sdir / "failed.json", exc)
             if isinstance(exc, PipelineError):
                 raise
-            raise StageFailed(f"stage {st.name!r} ({st.type}) failed: {type(exc).__name__}: {exc} "
-                              f"(traceback in {sdir / 'failed.json'})") from exc
+            raise runguard.crash_error(st, exc, sdir / "failed.json") from exc
+        runguard.fault_point(st.name)  # resume tests: PIPELINE_FAULT_IN_STAGE=<name> dies before the record
         finished = time.time()
         record = {
             "name": st.name,
@@ -219,8 +223,9 @@ class Runner:
             "versions": library_versions(),
         }
         store.atomic_write_json(sdir / STAGE_JSON, record)
+        integrity.record_stage(self.run_dir, st.name)
         ctx.clear_progress()
-        self.console.info(f"[{st.name}] done in {finished - started:.1f}s" + _metric_line(ctx.metrics))
+        self.console.always(f"[{st.name}] done in {finished - started:.1f}s" + _metric_line(ctx.metrics))
 
 
 def _dump(cfg) -> dict | None:

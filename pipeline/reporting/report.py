@@ -173,6 +173,8 @@ def load_run(run_dir: Path | str) -> RunView:
                 state, detail = "damaged", str(exc)
         if state is None:
             state, detail = _plain_status(sdir, record)
+        if state == "damaged":
+            record = {}  # an altered or incomplete stage contributes nothing; its status line says why
         stages.append(StageView(name=name, type=stype, status=state, detail=detail, dir=sdir, record=record))
     run_name = (config.get("run") or {}).get("name") or run_dir.name
     return RunView(dir=run_dir, name=run_name, config=config, config_text=cfg_path.read_text(encoding="utf-8"),

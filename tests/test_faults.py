@@ -428,3 +428,20 @@ def test_edge_messages(tmp_path):
     (ctx.progress_dir / "manifest.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="--from warmup"):
         ctx.load_progress()
+
+
+def test_long_attacks_report_progress_without_a_terminal(monkeypatch, capsys):
+    from pipeline.engine import console as console_mod
+    from pipeline.metrics.attacks import AttackConfig
+    from pipeline.metrics.evaluation import evaluate
+
+    monkeypatch.setattr(console_mod, "HEARTBEAT_SECONDS", 0.0)
+    monkeypatch.setattr(console_mod, "_ACTIVE", [])
+    con = console_mod.Console(quiet=False)
+    con.bars = False  # as in CI or `> log`
+    con.activate()
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3))
+    x, y = torch.rand(12, 3, 4, 4), torch.arange(12) % 3
+    evaluate(model, x, y, batch_size=4, attack=AttackConfig(steps=2, restarts=2), device="cpu")
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "PGD-2x2 images" in ln]
+    assert lines and "4/12" in lines[0] and "min left" in lines[0]

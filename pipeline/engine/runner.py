@@ -146,6 +146,7 @@ class Runner:
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.console.log_file = self.run_dir / "run.log"
+        self.console.activate()  # long evaluations report progress through it
         with RunLock(self.run_dir, on_stale=self._report_stale_lock):
             store.atomic_write_text(self.run_dir / "config.yaml",
                                     yaml.safe_dump(self.cfg.resolved(), sort_keys=False))

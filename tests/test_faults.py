@@ -445,3 +445,13 @@ def test_long_attacks_report_progress_without_a_terminal(monkeypatch, capsys):
     evaluate(model, x, y, batch_size=4, attack=AttackConfig(steps=2, restarts=2), device="cpu")
     lines = [ln for ln in capsys.readouterr().err.splitlines() if "PGD-2x2 images" in ln]
     assert lines and "4/12" in lines[0] and "min left" in lines[0]
+
+
+def test_compare_marks_a_damaged_stage(finished, copy_run, tmp_path):
+    from pipeline.reporting.compare import compare_runs
+
+    run_dir = copy_run()
+    _edit_metric(run_dir / "evaluate" / "stage.json")
+    text, _ = compare_runs([finished[1], run_dir], tmp_path / "cmp.md", labels=["good", "edited"])
+    assert "edited: DAMAGED stage(s) evaluate" in text and "good: DAMAGED" not in text
+    assert "99.9" not in text

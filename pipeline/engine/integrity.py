@@ -138,11 +138,3 @@ def verify_files(run_dir: Path, name: str, record: dict, *, deep: bool) -> str |
                 return (f"stage {name!r}: {path} does not match the sha256 in its stage.json (altered or "
                         f"damaged after it was written); {_repair_hint(name)}")
     return None
-
-
-def stage_problem(run_dir: Path, name: str, *, deep: bool) -> tuple[dict | None, str | None]:
-    """read_record + verify_files: (record, problem)."""
-    record, problem = read_record(run_dir, name)
-    if record is not None and problem is None:
-        problem = verify_files(run_dir, name, record, deep=deep)
-    return record, problem

@@ -95,12 +95,12 @@ class Runner:
         return None if problem else record
 
     def statuses(self, deep: bool = False) -> list[StageStatus]:
-        """`deep`: hash every recorded file (before skipping); else the size + mtime fast path (integrity.py)."""
+        """`deep`: hash every recorded file of a done stage; else the size + mtime fast path (integrity.py)."""
         out: list[StageStatus] = []
         by_name: dict[str, StageStatus] = {}
         locked = lock_state(self.run_dir) == "held"
         for st in self.cfg.stages:
-            rec, damage = integrity.stage_problem(self.run_dir, st.name, deep=deep)
+            rec, damage = integrity.read_record(self.run_dir, st.name)
             in_rec = self._record(st.input) if st.input else None
             in_status = by_name.get(st.input) if st.input else None
             sdir = self.run_dir / st.name
@@ -122,6 +122,8 @@ class Runner:
                     status = StageStatus(st.name, st.type, "stale", f"its input {st.input!r} is {in_status.state}")
                 elif rec.get("fingerprint") != expected:
                     status = StageStatus(st.name, st.type, "stale", "its config or input changed since it ran")
+                elif damage := integrity.verify_files(self.run_dir, st.name, rec, deep=deep):
+                    status = StageStatus(st.name, st.type, "damaged", damage)  # a stale stage reruns anyway
                 else:
                     status = StageStatus(st.name, st.type, "done", "", rec.get("metrics"),
                                          rec.get("timings", {}).get("seconds"))
@@ -159,7 +161,10 @@ class Runner:
                 if i > stop:
                     break
                 forced = start is not None and i >= start
-                status = {s.name: s for s in self.statuses(deep=not forced)}[st.name]
+                status = {s.name: s for s in self.statuses()}[st.name]
+                if status.state == "done" and not forced:  # verified, not trusted: hash it before the skip
+                    if damage := integrity.verify_files(self.run_dir, st.name, self._record(st.name), deep=True):
+                        status = StageStatus(st.name, st.type, "damaged", damage)
                 if status.state == "damaged" and not forced:
                     if not repair:
                         raise CheckpointError(status.detail)

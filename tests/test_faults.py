@@ -81,6 +81,7 @@ TAMPER = {
     "deleted export/model.onnx": ("export", lambda d: (d / "export" / "model.onnx").unlink(), "is missing"),
     "edited metric in evaluate/stage.json": ("evaluate", lambda d: _edit_metric(d / "evaluate" / "stage.json"), "altered"),
     "deleted finetune/stage.json": ("finetune", lambda d: (d / "finetune" / "stage.json").unlink(), "is missing"),
+    "emptied evaluate folder": ("evaluate", lambda d: [p.unlink() for p in (d / "evaluate").iterdir()], "is missing"),
     "garbage export/stage.json": ("export", lambda d: (d / "export" / "stage.json").write_bytes(b"\x00garbage"), "altered"),
 }
 
@@ -149,6 +150,12 @@ def test_report_and_compare_leave_an_edited_record_out(finished, copy_run, tmp_p
         from pipeline.engine.context import StageHandle
 
         StageHandle(run_dir, "evaluate")
+
+
+def test_a_stage_folder_removed_as_a_whole_is_pending_not_damaged(finished, copy_run):
+    run_dir = copy_run()
+    shutil.rmtree(run_dir / "runtime_check")  # a deliberate `rm -r`: nothing finished is left to protect
+    assert statuses(finished[0], run_dir)["runtime_check"][0] == "pending"
 
 
 def test_a_legacy_run_without_integrity_record_is_adopted(finished, copy_run):
@@ -411,8 +418,8 @@ def test_edge_messages(tmp_path):
     from pipeline.engine import runguard
     from pipeline.engine.context import StageContext
 
-    assert runguard.progress_detail({"epoch": 0, "step": 3, "step_in_epoch": 3}) == "saved in epoch 1, after step 3"
-    assert runguard.progress_detail({"epoch": 2, "step": 12, "step_in_epoch": 0}) == "saved after epoch 2 (step 12)"
+    assert runguard.progress_detail({"epoch": 0, "step": 3, "step_in_epoch": 3}) == "epoch 1 (part done), step 3"
+    assert runguard.progress_detail({"epoch": 2, "step": 12, "step_in_epoch": 0}) == "epoch 2 (done), step 12"
     assert "--from" in runguard.progress_detail({})
 
     path = tmp_path / "c.yaml"

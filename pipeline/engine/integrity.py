@@ -21,6 +21,7 @@ file over FULL_HASH_BYTES whose stat is unchanged is caught when a later stage l
 checks the sha256). The record guards against accidents (edits, truncation, deletion, bad copies),
 not against someone who rewrites both stage.json and integrity.json.
 
+A stage folder removed as a whole counts as never run (a deliberate `rm -r`, nothing left to protect).
 A stage.json that the record does not list (a run made before this file existed, or a kill between
 the two writes) is adopted after its files pass a full hash check.
 """
@@ -94,7 +95,8 @@ def read_record(run_dir: Path, name: str) -> tuple[dict | None, str | None]:
     path = run_dir / name / STAGE_JSON
     known = entry(run_dir, name)
     if not path.exists():
-        if known is None:
+        if known is None or not path.parent.exists():
+            # no record, or the whole stage folder removed on purpose: nothing finished is left to lose
             return None, None
         return None, f"stage {name!r}'s record {path} is missing, but the run recorded it as finished; {_repair_hint(name)}"
     data = path.read_bytes()

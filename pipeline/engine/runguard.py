@@ -21,10 +21,10 @@ def progress_detail(manifest: dict) -> str:
     """Where a stage's saved progress stands, with epochs counted from 1 as the log counts them."""
     epoch, step, in_epoch = manifest.get("epoch"), manifest.get("step"), manifest.get("step_in_epoch")
     if not isinstance(epoch, int):
-        return "saved progress, but its manifest is unreadable (run with --from STAGE to restart the stage)"
+        return "? (its progress manifest is unreadable; run with --from STAGE to restart the stage)"
     if in_epoch:  # cut inside epoch `epoch` (0-based in the manifest)
-        return f"saved in epoch {epoch + 1}, after step {step}"
-    return f"saved after epoch {epoch}" + (f" (step {step})" if step is not None else "")
+        return f"epoch {epoch + 1} (part done), step {step}"
+    return f"epoch {epoch} (done), step {step}"
 
 
 def stale_lock_note(runner, info: dict) -> str:

@@ -113,7 +113,7 @@ class Runner:
                 elif (sdir / PROGRESS_DIR / "manifest.json").exists():
                     man = _safe_json(sdir / PROGRESS_DIR / "manifest.json")
                     state = "running" if locked else "partial"
-                    status = StageStatus(st.name, st.type, state, runguard.progress_detail(man))
+                    status = StageStatus(st.name, st.type, state, f"saved at {runguard.progress_detail(man)}")
                 else:
                     status = StageStatus(st.name, st.type, "pending")
             else:

@@ -14,8 +14,8 @@ def test_all_stages_end_to_end(write_config, tmp_path):
     path = write_config(tiny_config())
     run_dir = tmp_path / "run"
     proc = run_cli("run", str(path), "--run-dir", str(run_dir), check=True)
-    assert str(run_dir / "export" / "model.onnx") in proc.stderr
-    assert "cpu: batch 1 median" in proc.stderr
+    assert str(run_dir / "export" / "model.onnx") in proc.stdout  # the summary is the command's output
+    assert "cpu: batch 1 median" in proc.stdout
 
     ev = json.loads((run_dir / "evaluate" / "stage.json").read_text())["metrics"]
     for key in ("train_ra", "test_sa", "test_ra", "robust_gap", "robust_overfitting"):

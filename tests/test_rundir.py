@@ -52,8 +52,8 @@ def test_statuses_files_history_holder_and_lineage(tmp_path):
     assert [(s.name, s.status) for s in run.stages] == [
         ("warm", "done"), ("imp", "done"), ("ev", "done"), ("broken", "failed"), ("cut", "partial"),
         ("bad", "damaged"), ("later", "pending"), ("plug", "pending")]
-    assert run.stage("broken").detail == "RuntimeError: boom" and "epoch 3, step 12" in run.stage("cut").detail
-    assert "not valid JSON" in run.stage("bad").detail
+    assert run.stage("broken").detail == "RuntimeError: boom" and "epoch 3 (done), step 12" in run.stage("cut").detail
+    assert "is damaged" in run.stage("bad").detail and "--repair" in run.stage("bad").detail
     imp, ev = run.stage("imp"), run.stage("ev")
     assert [r["round"] for r in imp.history()] == [2] and len(imp.history(all_rows=True)) == 2
     assert run.model_holder(ev) is imp and run.final_model_stage() is imp

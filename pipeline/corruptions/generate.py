@@ -5,7 +5,6 @@ import zlib
 
 import numpy as np
 
-from pipeline.corruptions._ops import truncate_uint8
 from pipeline.corruptions.catalog import SEVERITIES, get
 
 
@@ -23,6 +22,8 @@ def corrupt(image: np.ndarray, name: str, severity: int, rng: np.random.Generato
         raise ValueError(f"{name}: expected a uint8 image, got {image.dtype}")
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3)):
         raise ValueError(f"{name}: expected (H, W) or (H, W, 1|3), got shape {image.shape}")
+    from pipeline.corruptions._ops import truncate_uint8  # scipy + matplotlib: only when corrupting
+
     spec = get(name)
     x = image.astype(np.float64)[..., None] / 255.0 if image.ndim == 2 else image.astype(np.float64) / 255.0
     out = spec.fn(x, spec.params[severity - 1], rng)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pipeline.data.check import EXPECTED_FILES, read_npz_arrays
 from pipeline.engine.errors import DataError
 
 DIGITS_TEST = 360  # the last 360 of sklearn's 1797 digits are the fixed test set (~20%)
@@ -47,93 +48,28 @@ def read_digits() -> RawData:
     )
 
 
-def _images(arrays, key: str, path: Path) -> Tensor:
-    a = arrays[key]
-    if a.dtype != np.uint8:
-        raise DataError(f"{path}: {key!r} has dtype {a.dtype}; expected uint8 images (0..255)")
+def _to_nchw(a: np.ndarray) -> Tensor:
     if a.ndim == 3:  # (N, H, W): one channel
         return torch.from_numpy(np.ascontiguousarray(a))[:, None].contiguous()
-    if a.ndim != 4:
-        raise DataError(f"{path}: {key!r} has shape {a.shape}; expected (N, H, W, C) or (N, C, H, W)")
-    last_is_c, first_is_c = a.shape[3] in (1, 3), a.shape[1] in (1, 3)
-    if last_is_c:  # NHWC wins when both could be channels, e.g. (N, 3, 3, 3)
+    if a.shape[3] in (1, 3):  # NHWC wins when both could be channels (as check._image_chw decides)
         return _nhwc_to_tensor(a)
-    if first_is_c:
-        return torch.from_numpy(np.ascontiguousarray(a))
-    raise DataError(f"{path}: {key!r} has shape {a.shape}; expected 1 or 3 channels, NHWC or NCHW")
-
-
-def _labels(arrays, key: str, path: Path, n_images: int, image_key: str) -> Tensor:
-    a = arrays[key]
-    if not np.issubdtype(a.dtype, np.integer):
-        raise DataError(f"{path}: {key!r} has dtype {a.dtype}; expected integer class labels")
-    if a.ndim != 1 or len(a) != n_images:
-        raise DataError(f"{path}: {key!r} has shape {a.shape} but {image_key!r} holds {n_images} images")
-    return torch.from_numpy(a.astype(np.int64))
+    return torch.from_numpy(np.ascontiguousarray(a))
 
 
 def read_npz(path: Path) -> RawData:
-    """A .npz with x_train/y_train/x_test/y_test, optional x_val/y_val and label_names (or fine_label_names)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data.path: file not found: {path}")
-    try:
-        arrays = np.load(path, allow_pickle=False)
-        keys = set(arrays.files)
-    except Exception as exc:  # zipfile, pickle and OS errors all mean the same to the user
-        raise DataError(f"data.path: cannot read {path} as .npz: {exc}") from exc
-    with arrays:
-        for key in ("x_train", "y_train", "x_test", "y_test"):
-            if key not in keys:
-                raise DataError(f"{path}: missing array {key!r} (found: {', '.join(sorted(keys))})")
-        if ("x_val" in keys) != ("y_val" in keys):
-            have, lack = ("x_val", "y_val") if "x_val" in keys else ("y_val", "x_val")
-            raise DataError(f"{path}: has {have!r} but no {lack!r}; give both or neither")
-        splits = ["train", "val", "test"] if "x_val" in keys else ["train", "test"]
-        xs, ys = {}, {}
-        try:
-            for s in splits:
-                xs[s] = _images(arrays, f"x_{s}", path)
-                ys[s] = _labels(arrays, f"y_{s}", path, len(xs[s]), f"x_{s}")
-            names_key = next((k for k in ("label_names", "fine_label_names") if k in keys), None)
-            names = [str(n) for n in arrays[names_key].tolist()] if names_key else None
-        except DataError:
-            raise
-        except Exception as exc:  # a corrupt member or an object array that needs pickle
-            raise DataError(f"data.path: cannot read {path}: {exc}") from exc
-    shape = tuple(xs["train"].shape[1:])
-    for s in splits[1:]:
-        if tuple(xs[s].shape[1:]) != shape:
-            raise DataError(
-                f"{path}: 'x_{s}' images are {tuple(xs[s].shape[1:])} (C, H, W) but 'x_train' images are {shape}"
-            )
-    if names is not None:
-        if len(names) == 0:
-            raise DataError(f"{path}: {names_key!r} is empty")
-        num_classes = len(names)
-    else:
-        num_classes = int(max(int(y.max()) if len(y) else -1 for y in ys.values())) + 1
-        names = [str(c) for c in range(num_classes)]
-    for s in splits:
-        bad = (ys[s] < 0) | (ys[s] >= num_classes)
-        if bool(bad.any()):
-            value = int(ys[s][bad][0])
-            where = f"{names_key!r} lists {num_classes} names" if names_key else "labels must be >= 0"
-            raise DataError(f"{path}: 'y_{s}' holds label {value}, outside [0, {num_classes}) ({where})")
+    """A .npz with x_train/y_train/x_test/y_test, optional x_val/y_val and label_names (or fine_label_names);
+    every check lives in pipeline.data.check (shared with `pipeline validate`)."""
+    npz = read_npz_arrays(path)
+    xs = {s: _to_nchw(a) for s, a in npz.images.items()}
+    ys = {s: torch.from_numpy(y) for s, y in npz.labels.items()}
     return RawData(
-        train_x=xs["train"], train_y=ys["train"], test_x=xs["test"], test_y=ys["test"], class_names=names,
+        train_x=xs["train"], train_y=ys["train"], test_x=xs["test"], test_y=ys["test"], class_names=npz.class_names,
         val_x=xs.get("val"), val_y=ys.get("val"), default_val=(0.1, "tail"), origin=str(path),
     )
 
 
 # Files torchvision expects under root, listed so a missing dataset gets a precise message.
-_EXPECTED = {
-    "cifar10": [f"cifar-10-batches-py/{n}" for n in
-                ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
-                 "test_batch", "batches.meta")],
-    "cifar100": [f"cifar-100-python/{n}" for n in ("train", "test", "meta")],
-    "svhn": ["train_32x32.mat", "test_32x32.mat"],
-}
+_EXPECTED = EXPECTED_FILES
 
 
 def _torchvision_sets(name: str, root: Path, download: bool):

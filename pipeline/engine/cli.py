@@ -8,7 +8,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from pipeline.engine.errors import ConfigError, PipelineError
+from pipeline.engine.errors import ConfigError, PipelineError, UsageError
+from pipeline.engine.inputs import non_negative_int, positive_int
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -23,7 +24,9 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. stages.warmup.epochs=3 or data.dataset=cifar10 (repeatable)")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides run.device")
-    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars, only stage lines and errors")
+    r.add_argument("--repair", action="store_true",
+                   help="re-run a damaged stage (altered, missing or truncated outputs or record) and every later one")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars (stage lines and errors still show)")
 
     s = sub.add_parser("status", help="which stages of a run are done, stale, partial, failed")
     s.add_argument("run_dir", type=Path)
@@ -33,6 +36,10 @@ def _build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a config without running anything")
     v.add_argument("config")
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    v.add_argument("--print", dest="print_config", action="store_true",
+                   help="print the resolved config (every default filled in) as YAML")
+    v.add_argument("--no-data", dest="check_data", action="store_false",
+                   help="skip opening the dataset (config keys only)")
 
     rep = sub.add_parser("report", help="write RUN_DIR/report.md with PNG plots of the whole run")
     rep.add_argument("run_dir", type=Path)
@@ -53,15 +60,15 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("model", type=Path)
     b.add_argument("--provider", default="cpu", help="cpu | cuda")
     b.add_argument("--batch-sizes", default="1,64", help="comma-separated, e.g. 1,64")
-    b.add_argument("--runs", type=int, default=100)
-    b.add_argument("--warmup", type=int, default=20)
-    b.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+    b.add_argument("--runs", type=positive_int, default=100)
+    b.add_argument("--warmup", type=non_negative_int, default=20)
+    b.add_argument("--threads", type=positive_int, help="intra-op threads (default: all cores)")
     b.add_argument("--json", action="store_true")
 
     pr = sub.add_parser("predict", help="classify image files with an exported ONNX model")
     pr.add_argument("model", type=Path)
     pr.add_argument("images", type=Path, nargs="+")
-    pr.add_argument("--top", type=int, default=1)
+    pr.add_argument("--top", type=positive_int, default=1)
 
     sub.add_parser("stages", help="installed stage types and their config fields")
     sub.add_parser("models", help="registered model architectures")
@@ -85,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed early: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # a full disk or a read-only folder outside a stage: the user's to fix, plainly
+        from pipeline.engine.runguard import os_error_message
+
+        text, code = os_error_message(exc)
+        print(f"error: {text}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        return code
     except Exception as exc:  # an unexpected failure: one line, with the way to see the traceback
         print(f"internal error: {type(exc).__name__}: {exc}\n(set PIPELINE_DEBUG=1 to see the traceback)", file=sys.stderr)
         if debug:
@@ -96,18 +111,33 @@ def _dispatch(args) -> int:
     from pipeline.engine.config import load_config
 
     if args.command == "validate":
+        from pipeline.data.check import describe_data
+
         cfg = load_config(args.config, args.overrides)
+        if args.print_config:
+            import yaml
+
+            print(yaml.safe_dump(cfg.resolved(), sort_keys=False), end="")
         print(f"{args.config}: ok ({len(cfg.stages)} stages: {' -> '.join(s.name for s in cfg.stages)})")
+        for text in cfg.warnings:
+            print(f"  warning: {text}")
+        if args.check_data:
+            print(f"  data: {describe_data(cfg.data)}")
         return 0
     if args.command == "run":
+        from pipeline.data.check import describe_data
         from pipeline.engine.runner import Runner
 
         cfg = load_config(args.config, args.overrides)
+        describe_data(cfg.data)  # a bad dataset is refused before the run directory is created
+        for text in cfg.warnings:
+            print(f"warning: {text}", file=sys.stderr)
         from pipeline.engine import distributed
 
         runner = Runner(cfg, args.run_dir, device=args.device, quiet=args.quiet)
         try:
-            statuses = runner.run(args.from_stage, args.until_stage, source=args.config, overrides=args.overrides)
+            statuses = runner.run(args.from_stage, args.until_stage, source=args.config, overrides=args.overrides,
+                                  repair=args.repair)
             if distributed.is_main():
                 _print_summary(runner, statuses)
         finally:
@@ -118,11 +148,17 @@ def _dispatch(args) -> int:
     if args.command == "report":
         from pipeline.reporting.report import write_report
 
+        _require_run_dir(args.run_dir)
         print(write_report(args.run_dir, args.out))
         return 0
     if args.command == "compare":
         from pipeline.reporting.compare import compare_runs
 
+        for run_dir in args.run_dirs:
+            _require_run_dir(run_dir)
+        if args.labels is not None and len(args.labels) != len(args.run_dirs):
+            raise UsageError(f"--label given {len(args.labels)} time(s) for {len(args.run_dirs)} run(s); "
+                             "give one label per run, in the same order, or none")
         text, _ = compare_runs(args.run_dirs, args.out, labels=args.labels)
         print(text)
         return 0
@@ -146,15 +182,19 @@ def _dispatch(args) -> int:
     raise AssertionError(args.command)
 
 
+def _require_run_dir(run_dir: Path) -> None:
+    if not (run_dir / "config.yaml").is_file():
+        what = "does not exist" if not run_dir.exists() else "is not a run directory (no config.yaml)"
+        raise UsageError(f"{run_dir} {what}; pass a folder made by `pipeline run`, e.g. runs/quickstart")
+
+
 def _bench(args) -> int:
+    from pipeline.engine.inputs import batch_sizes, check_onnx_file
+
+    sizes = batch_sizes(args.batch_sizes)
+    check_onnx_file(args.model)
     from exports.ort_runtime import benchmark
 
-    if not args.model.exists():
-        raise PipelineError(f"{args.model}: file not found")
-    try:
-        sizes = tuple(int(b) for b in args.batch_sizes.split(","))
-    except ValueError:
-        raise PipelineError(f"--batch-sizes {args.batch_sizes!r}: expected comma-separated integers") from None
     res = benchmark(args.model, args.provider, batch_sizes=sizes, runs=args.runs, warmup=args.warmup,
                     intra_op_threads=args.threads)
     if args.json:
@@ -169,10 +209,13 @@ def _bench(args) -> int:
 
 
 def _predict(args) -> int:
+    from pipeline.engine.inputs import check_image, check_onnx_file
+
+    check_onnx_file(args.model)
+    for path in args.images:
+        check_image(path)
     from exports.predict import Predictor
 
-    if not args.model.exists():
-        raise PipelineError(f"{args.model}: file not found")
     predictor = Predictor(args.model)
     import numpy as np
 
@@ -190,8 +233,7 @@ def _status(args) -> int:
     from pipeline.engine.runner import RUN_JSON, Runner
 
     run_dir: Path = args.run_dir
-    if not (run_dir / "config.yaml").exists():
-        raise PipelineError(f"{run_dir}: not a run directory (no config.yaml)")
+    _require_run_dir(run_dir)
     source, overrides = args.config, []
     if source is None and (run_dir / RUN_JSON).exists():
         recorded = store.read_json(run_dir / RUN_JSON)
@@ -208,17 +250,20 @@ def _status(args) -> int:
     if source is None:
         cfg = validate_tree(store.read_json_yaml(run_dir / "config.yaml"))
     statuses = Runner(cfg, run_dir, quiet=True).statuses()
+    damaged = 4 if any(s.state == "damaged" for s in statuses) else 0  # scripts can tell without parsing
     if args.json:
         print(json.dumps({"run_dir": str(run_dir), "config": str(source) if source else str(run_dir / "config.yaml"),
                           "stages": [s.__dict__ for s in statuses]}, indent=2, default=str))
-        return 0
+        return damaged
     if note:
         print(note)
     print(f"run {run_dir} (compared with {source or run_dir / 'config.yaml'})")
     for s in statuses:
         extra = f"  {s.seconds:.0f}s" if s.seconds is not None else ""
         print(f"  {s.name:<18} {s.type:<14} {s.state:<8}{extra}  {s.detail}")
-    return 0
+    if damaged:
+        print("damaged stages cannot be used; `pipeline run CONFIG --repair` redoes them and every later stage")
+    return damaged
 
 
 def _print_summary(runner, statuses) -> None:
@@ -246,9 +291,10 @@ def _print_summary(runner, statuses) -> None:
             from exports.runtime_compare import summary_lines  # what compression bought, vs the dense baseline
 
             lines += summary_lines(rt.comparison)
-    runner.console.always(f"finished: {runner.run_dir}")
-    for line in lines:
-        runner.console.always(line)
+    # the result summary goes to stdout (and run.log), so `make demo > log` keeps it
+    for line in [f"finished: {runner.run_dir}", *lines]:
+        print(line, flush=True)
+        runner.console.log_only(line)
 
 
 def _print_stages() -> None:

@@ -62,6 +62,7 @@ class PipelineConfig:
     model: ModelSection
     stages: list = field(default_factory=list)  # validated StageConfig instances, in order
     source: str | None = None
+    warnings: list[str] = field(default_factory=list)  # shown by `validate` and `run`; nothing stops
 
     def stage(self, name: str):
         for st in self.stages:
@@ -205,16 +206,49 @@ def apply_override(tree: dict, parts: list, value: Any, text: str) -> None:
 
 # ---------------------------------------------------------------------------------------------
 
+class _DuplicateKey(Exception):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *alias` may override keys, by design
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # the base class reports an unhashable key
+            if key in seen:
+                raise _DuplicateKey(f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
+                                    f"(first at line {seen[key] + 1}); keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{p}: file not found", source=None) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a directory, not a YAML file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not a text (UTF-8) file: byte {exc.start} is 0x{exc.object[exc.start]:02x}; "
+                          "is this a binary file?") from None
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read ({exc.strerror})") from None
+    if "\x00" in text:
+        raise ConfigError(f"{p}: contains NUL bytes; not a YAML text file")
     try:
-        tree = yaml.safe_load(text)
+        tree = yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{p}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -277,6 +311,7 @@ def validate_tree(tree: dict, source: str | None = None) -> PipelineConfig:
         raw_stages = []
 
     seen: dict[str, int] = {}
+    warnings: list[str] = []
     previous: str | None = None
     for i, raw in enumerate(raw_stages):
         where = f"stages[{i}]"
@@ -315,9 +350,38 @@ def validate_tree(tree: dict, source: str | None = None) -> PipelineConfig:
         if st.input is not None and st.input not in seen or (st.input == name):
             if st.input is not None:
                 problems.append(f"{where}.input: {st.input!r} is not an earlier stage (earlier: {', '.join(n for n in seen if n != name) or 'none'})")
+        problems.extend(_training_sanity(st, where, warnings))
         stages.append(st)
         previous = name
 
     if problems:
         raise ConfigError(problems, source=source)
-    return PipelineConfig(run=run, data=data, model=model, stages=stages, source=source)
+    return PipelineConfig(run=run, data=data, model=model, stages=stages, source=source, warnings=warnings)
+
+
+# Values that pass their types but cannot be meant: SGD diverges at once past these.
+MAX_LR = 10.0
+MAX_WEIGHT_DECAY = 0.1
+
+
+def _training_sanity(st, where: str, warnings: list[str]) -> list[str]:
+    """Cross-field checks of a training stage's config (stages whose Config has epochs/optimizer/schedule)."""
+    problems: list[str] = []
+    opt, sched, epochs = getattr(st, "optimizer", None), getattr(st, "schedule", None), getattr(st, "epochs", None)
+    if opt is not None and hasattr(opt, "lr"):
+        if opt.lr > MAX_LR:
+            problems.append(f"{where}.optimizer.lr: {opt.lr:g} is far above any usable SGD learning rate "
+                            f"(at most {MAX_LR:g}; the papers use 0.1)")
+        if getattr(opt, "weight_decay", 0) > MAX_WEIGHT_DECAY:
+            problems.append(f"{where}.optimizer.weight_decay: {opt.weight_decay:g} would shrink the weights to "
+                            f"nothing (at most {MAX_WEIGHT_DECAY:g}; the papers use 5e-4)")
+    if sched is not None and isinstance(epochs, int) and getattr(sched, "kind", None) == "multistep":
+        late = [m for m in sched.milestones if m >= epochs]
+        if late:
+            text = (f"{where}.schedule.milestones: {late} are not before the stage's last epoch "
+                    f"(epochs: {epochs}), so the learning rate never drops there")
+            if "milestones" in sched.model_fields_set:
+                problems.append(text + "; use milestones < epochs")
+            else:  # the papers' default [100, 150] with a shortened run: worth saying, not refusing
+                warnings.append(text + " (default milestones; set schedule.milestones or schedule.kind)")
+    return problems

@@ -190,7 +190,12 @@ class StageContext:
         distributed.barrier()
 
     def load_progress(self) -> dict | None:
-        loaded = self._progress.load(self.name)
+        try:
+            loaded = self._progress.load(self.name)
+        except CheckpointError as exc:
+            stage = self.config.name
+            raise CheckpointError(f"{exc}\nstage {stage!r}'s saved progress is damaged; run with --from {stage} "
+                                  f"to restart {stage!r} from its beginning (later stages run again too)") from None
         if loaded is None:
             return None
         state, history = loaded

@@ -33,9 +33,21 @@ class LockError(PipelineError):
 
 
 class StageFailed(PipelineError):
-    """A stage ran and failed a check of its own (e.g. ONNX parity)."""
+    """A stage ran and failed a check of its own (e.g. ONNX parity, a non-finite training loss)."""
 
     exit_code = 5
+
+
+class StageCrashed(PipelineError):
+    """Something unexpected stopped a stage (a full disk, a library error): exit 1, a plain message."""
+
+    exit_code = 1
+
+
+class UsageError(PipelineError):
+    """A bad command-line argument or environment the user must fix (no GPU, a read-only directory)."""
+
+    exit_code = 2
 
 
 class DataError(PipelineError):

@@ -11,9 +11,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.engine import store
+from pipeline.engine.errors import CheckpointError
 from pipeline.engine.seeding import capture_rng, restore_rng
 
 MANIFEST = "manifest.json"
+
+
+def progress_detail(manifest: dict) -> str:
+    """Where a stage's saved progress stands, with epochs counted from 1 as the log counts them."""
+    epoch, step, in_epoch = manifest.get("epoch"), manifest.get("step"), manifest.get("step_in_epoch")
+    if not isinstance(epoch, int):
+        return "? (its progress manifest is unreadable; run with --from STAGE to restart the stage)"
+    if in_epoch:  # cut inside epoch `epoch` (0-based in the manifest)
+        return f"epoch {epoch + 1} (part done), step {step}"
+    return f"epoch {epoch} (done), step {step}"
 
 
 class Progress:
@@ -33,7 +44,8 @@ class Progress:
         name = f"state-{number:06d}.pt"
         sha = store.save_state(self.dir / name, state)
         store.atomic_write_json(manifest_path, {"fingerprint": self.fingerprint, "file": name, "sha256": sha,
-                                                "epoch": state.get("epoch"), "step": state.get("step")})
+                                                "epoch": state.get("epoch"), "step": state.get("step"),
+                                                "step_in_epoch": state.get("step_in_epoch")})
         for old in self.dir.glob("state-*.pt"):
             if old.name != name:
                 old.unlink(missing_ok=True)
@@ -44,6 +56,8 @@ class Progress:
         if not manifest_path.exists():
             return None
         manifest = store.read_json(manifest_path)
+        if not isinstance(manifest, dict) or not all(isinstance(manifest.get(k), str) for k in ("file", "sha256")):
+            raise CheckpointError(f"{manifest_path}: not a progress manifest")
         if manifest.get("fingerprint") != self.fingerprint:
             self.log(f"{who}: saved progress belongs to a different config; starting the stage over")
             self.clear()
@@ -51,7 +65,7 @@ class Progress:
         state = store.load_state(self.dir / manifest["file"], manifest["sha256"])
         restore_rng(state.pop("rng"))
         history = state.pop("history")
-        self.log(f"{who}: resuming from saved progress (epoch {manifest.get('epoch')}, step {manifest.get('step')})")
+        self.log(f"{who}: resuming from saved progress ({progress_detail(manifest)})")
         return state, history
 
     def clear(self) -> None:

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pipeline.engine import store
+from pipeline.engine import integrity, store
 from pipeline.engine.errors import CheckpointError, PipelineError
+from pipeline.engine.progress import progress_detail
 from pipeline.engine.section import T
 
 if TYPE_CHECKING:
@@ -81,19 +82,21 @@ class StageRecord:
         self.data: dict = {}
         self.status, self.detail = "pending", ""
         self._cache: dict[str, list[dict]] = {}
-        path = self.dir / STAGE_JSON
-        if path.exists():
-            try:
-                self.data = store.read_json(path)
-                self.type = self.data.get("type", type)
-                self.status = "done"
-            except PipelineError as exc:
-                self.status, self.detail = "damaged", str(exc)
+        try:  # checked against the run's integrity record: an altered or lost stage.json is damaged
+            record, problem = integrity.read_record(self.run_dir, name)
+        except PipelineError as exc:
+            record, problem = None, str(exc)
+        if problem:
+            self.status, self.detail = "damaged", problem
+        elif record is not None:
+            self.data = record
+            self.type = self.data.get("type", type)
+            self.status = "done"
         elif (self.dir / "failed.json").exists():
             self.status, self.detail = "failed", _safe_json(self.dir / "failed.json").get("error", "")
         elif (self.dir / PROGRESS_DIR / "manifest.json").exists():
             man = _safe_json(self.dir / PROGRESS_DIR / "manifest.json")
-            self.status, self.detail = "partial", f"saved at epoch {man.get('epoch')}, step {man.get('step')}"
+            self.status, self.detail = "partial", f"saved at {progress_detail(man)}"
 
     @classmethod
     def finished_stage(cls, run_dir: Path, name: str) -> StageRecord:
@@ -235,8 +238,10 @@ class RunDir:
     the run's own config.yaml is validated, and where that fails (a stage plugin not installed here) the
     statuses are the plain on-disk view."""
 
-    def __init__(self, run_dir: Path | str, cfg: PipelineConfig | None = None, *, locked: bool | None = None):
+    def __init__(self, run_dir: Path | str, cfg: PipelineConfig | None = None, *, locked: bool | None = None,
+                 deep: bool = False):
         self.dir = Path(run_dir)
+        self.deep = deep  # hash every recorded file of a done stage, not only those whose size/mtime changed
         cfg_path = self.dir / "config.yaml"
         if cfg is None:
             if not cfg_path.exists():
@@ -272,6 +277,9 @@ class RunDir:
                 rec.status, rec.detail = "stale", f"its input {st_cfg.input!r} is {inp.status}"
             elif rec.data.get("fingerprint") != expected:
                 rec.status, rec.detail = "stale", "its config or input changed since it ran"
+            elif damage := integrity.verify_files(self.dir, rec.name, rec.data, deep=self.deep):
+                # a stale stage reruns anyway; a damaged one contributes nothing to reports and inputs
+                rec.status, rec.detail, rec.data = "damaged", damage, {}
 
     def stage(self, name: str | None) -> StageRecord | None:
         return self._by_name.get(name) if name else None

@@ -4,7 +4,6 @@ from __future__ import annotations
 import platform
 import shutil
 import time
-import traceback
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -12,14 +11,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from pipeline.engine import distributed, store
+from pipeline.engine import distributed, integrity, runguard, store
 from pipeline.engine.config import PipelineConfig
 from pipeline.engine.console import Console
 from pipeline.engine.context import StageContext
 from pipeline.engine.rundir import (PROGRESS_DIR, STAGE_JSON, RunDir, StageRecord, output_fingerprint,
                                     stage_fingerprint)
 from pipeline.engine.seeding import seed_everything
-from pipeline.engine.errors import ConfigError, PipelineError, StageFailed
+from pipeline.engine.errors import CheckpointError, ConfigError, PipelineError, UsageError
 from pipeline.engine.registry import STAGES
 
 RUN_JSON = "run.json"
@@ -38,7 +37,7 @@ class StageStatus:
 def resolve_device(requested: str) -> torch.device:
     if requested == "cuda":
         if not torch.cuda.is_available():
-            raise PipelineError("--device cuda: no CUDA device is visible to torch (torch.cuda.is_available() is False)")
+            raise UsageError("--device cuda: no CUDA device is visible to torch (torch.cuda.is_available() is False)")
         return torch.device("cuda")
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -66,25 +65,31 @@ class Runner:
         self._data_cache: dict = {}
 
     # -- status ---------------------------------------------------------------------------------
-    def statuses(self) -> list[StageStatus]:
-        run = RunDir(self.run_dir, self.cfg)
+    def statuses(self, deep: bool = False) -> list[StageStatus]:
+        """`deep`: hash every recorded file of a done stage; else the size + mtime fast path (integrity.py)."""
+        run = RunDir(self.run_dir, self.cfg, deep=deep)
         return [StageStatus(st.name, st.type, st.status, st.detail,
                             st.metrics if st.status == "done" else None, st.seconds if st.status == "done" else None)
                 for st in run.stages]
 
     # -- run ------------------------------------------------------------------------------------
     def run(self, from_stage: str | None = None, until_stage: str | None = None, source: str | None = None,
-            overrides: list[str] | None = None) -> list[StageStatus]:
+            overrides: list[str] | None = None, repair: bool = False) -> list[StageStatus]:
         names = [s.name for s in self.cfg.stages]
         for flag, value in (("--from", from_stage), ("--until", until_stage)):
             if value is not None and value not in names:
                 raise ConfigError(f"{flag} {value}: no such stage (stages: {', '.join(names)})")
         start = names.index(from_stage) if from_stage else None
         stop = names.index(until_stage) if until_stage else len(names) - 1
+        if start is not None and start > stop:
+            raise UsageError(f"--from {from_stage} comes after --until {until_stage}: nothing would run")
         device = distributed.init(self.cfg.run.distributed, resolve_device(self.device_name))
+        if runguard.read_only_pass(self, stop, start, repair):
+            return self.statuses()
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.console.log_file = self.run_dir / "run.log" if distributed.is_main() else None
+        self.console.activate()  # long evaluations report progress through it
         with distributed.run_lock(self.run_dir, on_stale=self._report_stale_lock):
             store.atomic_write_text(self.run_dir / "config.yaml",
                                     yaml.safe_dump(self.cfg.resolved(), sort_keys=False))
@@ -98,17 +103,28 @@ class Runner:
                     break
                 forced = start is not None and i >= start
                 status = {s.name: s for s in self.statuses()}[st.name]
+                if status.state == "done" and not forced:  # verified, not trusted: hash it before the skip
+                    record, _ = integrity.read_record(self.run_dir, st.name)
+                    if damage := integrity.verify_files(self.run_dir, st.name, record or {}, deep=True):
+                        status = StageStatus(st.name, st.type, "damaged", damage)
                 status.state = distributed.broadcast_object(status.state)  # rank 0's reading decides
+                if status.state == "damaged" and not forced:
+                    if not repair:
+                        raise CheckpointError(status.detail)
+                    start, forced = i, True  # --repair: this stage and every later one run again
+                    self.console.always(f"[{st.name}] damaged ({status.detail.split('; run again')[0]}); re-running it")
                 if status.state == "done" and not forced:
-                    self.console.info(f"[{st.name}] done, skipped (fingerprint matches)")
+                    if distributed.is_main():
+                        integrity.record_stage(self.run_dir, st.name)  # adopts a record the run did not list yet
+                    self.console.always(f"[{st.name}] done, skipped (fingerprint matches, files verified)")
                     continue
-                why = "--from" if forced else ("resuming" if status.state in ("partial", "running") else status.state)
+                why = ("--repair" if status.state == "damaged" else "--from") if forced else \
+                    ("resuming" if status.state in ("partial", "running") else status.state)
                 self._run_stage(st, device, fresh=forced, why=why)
         return self.statuses()
 
     def _report_stale_lock(self, info: dict) -> None:
-        self.console.always(f"note: the previous run in this directory (process {info.get('pid')}, started "
-                            f"{info.get('started')}) ended without finishing (stale lock); resuming from its saved progress")
+        self.console.always(runguard.stale_lock_note(self, info))
 
     def _run_stage(self, st, device: torch.device, *, fresh: bool, why: str) -> None:
         cls = STAGES.get(st.type)
@@ -116,11 +132,12 @@ class Runner:
         fp = stage_fingerprint(self.cfg, st, in_fp)
         sdir = self.run_dir / st.name
         if distributed.is_main():
+            integrity.forget_stage(self.run_dir, st.name)
             _clear_outputs(sdir, keep_progress=not fresh)
         distributed.barrier()
         ctx = StageContext(pipeline_config=self.cfg, stage_cfg=st, run_dir=self.run_dir, device=device,
                            console=self.console, fingerprint=fp, data_cache=self._data_cache)
-        self.console.info(f"[{st.name}] running {st.type} ({why})")
+        self.console.always(f"[{st.name}] running {st.type} ({why})")
         seed_everything(self.cfg.run.seed)
         started = time.time()
         try:
@@ -132,15 +149,11 @@ class Runner:
             if isinstance(exc, KeyboardInterrupt):
                 self.console.always(f"[{st.name}] interrupted; run the same command again to resume")
                 raise
-            store.atomic_write_json(sdir / "failed.json", {
-                "error": str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(),
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            })
+            runguard.write_failure(sdir / "failed.json", exc)
             if isinstance(exc, PipelineError):
                 raise
-            raise StageFailed(f"stage {st.name!r} ({st.type}) failed: {type(exc).__name__}: {exc} "
-                              f"(traceback in {sdir / 'failed.json'})") from exc
+            raise runguard.crash_error(st, exc, sdir / "failed.json") from exc
+        runguard.fault_point(st.name)  # resume tests: PIPELINE_FAULT_IN_STAGE=<name> dies before the record
         finished = time.time()
         record = {
             "name": st.name,
@@ -165,9 +178,11 @@ class Runner:
             "versions": library_versions(),
         }
         store.atomic_write_json(sdir / STAGE_JSON, record)
+        if distributed.is_main():
+            integrity.record_stage(self.run_dir, st.name)
         ctx.clear_progress()
         distributed.barrier()  # the next stage reads this one's files
-        self.console.info(f"[{st.name}] done in {finished - started:.1f}s" + _metric_line(ctx.metrics))
+        self.console.always(f"[{st.name}] done in {finished - started:.1f}s" + _metric_line(ctx.metrics))
 
 
 def _dump(cfg) -> dict | None:

@@ -55,6 +55,16 @@ class AttackConfig(StrictModel):
             raise ValueError(f"must be > 0 for kind 'pgd', got {step}")
         return step
 
+    @model_validator(mode="after")
+    def _sizes_make_sense(self):
+        # Attacks work on [0, 1] pixels: eps > 1 is an unbounded attack, almost surely 8 written for 8/255.
+        if self.eps > 1:
+            raise ValueError(f"eps: {self.eps:g} is more than the whole [0, 1] pixel range; write 8/255, not 8")
+        if self.kind == "pgd" and self.eps > 0 and self.step > self.eps:
+            raise ValueError(f"step: {self.step:.6g} is larger than eps {self.eps:.6g}; every PGD step would jump "
+                             "to the box corner (the usual step is eps/4, e.g. 2/255 for 8/255)")
+        return self
+
 
 SPLITS = ("train", "val", "test")
 

@@ -101,6 +101,10 @@ def run_autoattack(model: nn.Module, x: Tensor, y: Tensor, cfg: AutoAttackConfig
     if found is None:
         raise PipelineError(missing_message(cfg))
     cls, backend = found
+    from pipeline.engine.console import _ACTIVE
+
+    if _ACTIVE:  # AutoAttack has no progress hook of its own: at least say that minutes may pass
+        _ACTIVE[-1].info(f"  AutoAttack {cfg.version} ({backend}) on {len(y)} images: this can take minutes")
     device = torch.device(device)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     x = x.to(device)

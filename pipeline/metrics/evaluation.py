@@ -86,7 +86,7 @@ def evaluate(model: nn.Module, x: Tensor | np.ndarray, y: Tensor | np.ndarray, *
     correct = torch.zeros((), dtype=torch.int64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     try:
-        with _seeded_fork(device, seed):
+        with _seeded_fork(device, seed), _attack_progress(attack if attacked else None, x.shape[0]) as bar:
             for start in range(0, x.shape[0], batch_size):
                 xb = x[start:start + batch_size].to(device, non_blocking=True)
                 yb = y[start:start + batch_size].to(device, non_blocking=True).long()
@@ -108,6 +108,7 @@ def evaluate(model: nn.Module, x: Tensor | np.ndarray, y: Tensor | np.ndarray, *
                         if restart == 0:
                             loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").double()
                 correct += robust.sum()
+                bar.update(int(yb.shape[0]))
     finally:
         for m, training in modes.items():
             m.training = training
@@ -115,6 +116,19 @@ def evaluate(model: nn.Module, x: Tensor | np.ndarray, y: Tensor | np.ndarray, *
         total = distributed.all_reduce_sum(torch.stack([correct.double(), loss_sum]))
         correct, loss_sum = total[0].long(), total[1]
     return {"acc": 100.0 * correct.item() / n, "loss": loss_sum.item() / n, "n": n}
+
+
+def _attack_progress(attack: AttackConfig | None, n: int):
+    """Progress of an attacked evaluation (PGD-50 x 5 on thousands of images takes minutes)."""
+    from contextlib import nullcontext
+
+    from pipeline.engine.console import _NoBar, progress
+
+    if attack is None:
+        return nullcontext(_NoBar())
+    steps = 1 if attack.kind == "fgsm_rs" else attack.steps
+    label = f"{attack.kind.upper()}-{steps}" + (f"x{attack.restarts}" if attack.restarts > 1 else "")
+    return progress(n, f"{label} images")
 
 
 def robust_gap(train_ra: float, test_ra: float) -> float:

@@ -97,6 +97,11 @@ def compare_runs(run_dirs: list[Path], out: Path | None = None, labels: list[str
     attacks = sorted({r.get("history_attack") for r in rows if r.get("history_attack")})
     if attacks:
         notes.append(f"- Per-epoch RA (best/final) measured under: {'; '.join(attacks)} (the training stage's `eval.attack`).")
+    for run, r in zip(runs, rows):  # damaged stages (pipeline.engine.integrity) contribute no figure
+        bad = [st.name for st in run.stages if st.status == "damaged"]
+        if bad:
+            notes.append(f"- **{r['label']}: DAMAGED stage(s) {', '.join(bad)} left out** (altered or missing "
+                         "files or record; `pipeline run CONFIG --repair` redoes them).")
     eval_attacks = sorted({r.get("eval_attack") for r in rows if r.get("eval_attack")})
     if eval_attacks:
         notes.append(f"- Gap measured under: {'; '.join(eval_attacks)}.")

@@ -30,6 +30,7 @@ from pipeline.engine.schema import StrictModel
 from pipeline.engine.seeding import eval_attack_seed
 from pipeline.train.hooks import TrainingHooks, cpu_state  # noqa: F401  (re-exported)
 from pipeline.train.ddp import DistributedTraining
+from pipeline.train import finite
 from pipeline.train.step import adversarial_train_step
 
 
@@ -196,6 +197,7 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
             best_state = store.load_tensors(ctx.progress_dir / best_file, saved["best_sha256"])
 
     def save_progress() -> None:
+        finite.check_weights(ctx.name, model, global_step, cfg)  # never save diverged weights
         ctx.save_progress({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "hooks": hooks.state_dict(),
             "flops": meter.state_dict(),
@@ -249,6 +251,8 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
                     step_in_epoch += 1
                     global_step += 1
                     bbar.update(1)
+                    if global_step % finite.CHECK_EVERY == 0:
+                        finite.check_loss(ctx.name, loss_acc, epoch, global_step, cfg)
                     if _FAULT_AFTER_STEPS and distributed.fault_injected_here():
                         done = _steps_per_stage[ctx.dir] = _steps_per_stage.get(ctx.dir, 0) + 1
                         if done == _FAULT_AFTER_STEPS:
@@ -259,6 +263,7 @@ def train(ctx, cfg: TrainingConfig, model: torch.nn.Module, data: DataSplits,
                         loss_acc.zero_(); correct_acc.zero_(); n_acc = 0; t0 = time.time()
                         save_progress()
             sums = _fold(sums, loss_acc, correct_acc, n_acc, time.time() - t0)
+            finite.check_loss(ctx.name, sums["loss"], epoch, global_step, cfg)
             row = {
                 "epoch": epoch + 1,
                 "lr": lr_at(cfg.schedule, opt_cfg.lr, epoch, 0, steps_per_epoch, cfg.epochs),

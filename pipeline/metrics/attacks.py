@@ -2,7 +2,7 @@
 
 `pgd_linf` follows advertorch's `LinfPGDAttack` step for step (uniform start in the eps box clipped
 to [0, 1], signed-gradient steps on the summed CE, projection to the box and to [0, 1], the last
-iterate is returned) and is checked against it in tests/test_attacks.py. It differs only in cost:
+iterate is returned) and is checked against it in tests/metrics/test_attacks.py. It differs only in cost:
 the gradient is taken w.r.t. the input alone, so no parameter gradient is computed or stored.
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@ import json
 import onnxruntime as ort
 import pytest
 
-from .conftest import REPO, run_cli, tiny_config
+from tests.conftest import REPO, run_cli, tiny_config
 
 
 @pytest.mark.slow

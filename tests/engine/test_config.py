@@ -6,7 +6,7 @@ import pytest
 from pipeline.engine.config import load_config, parse_override
 from pipeline.engine.errors import ConfigError
 
-from .conftest import REPO, SHARED_DATA, run_cli, tiny_config
+from tests.conftest import REPO, SHARED_DATA, run_cli, tiny_config
 
 
 def problems_of(write_config, cfg, overrides=()):

@@ -22,7 +22,7 @@ from pipeline.metrics.evaluation import EvaluationMetrics, SplitScores, checkpoi
 from pipeline.train.checkpoints import CheckpointsRecord, kept_checkpoints
 from stages.evaluate import EvaluateConfig
 
-from .conftest import run_cli, tiny_config
+from tests.conftest import run_cli, tiny_config
 
 EPS = 8 / 255
 

@@ -14,7 +14,7 @@ from pipeline.metrics.flops import count_macs, inference_flops
 from pipeline.models.card import build_model
 from pipeline.sparsity import global_magnitude_masks
 
-from .conftest import run_cli, tiny_config
+from tests.conftest import run_cli, tiny_config
 
 TRAIN = {"batch_size": 64, "max_steps_per_epoch": 6, "optimizer": {"lr": 0.05}, "schedule": {"kind": "constant"},
          "eval": {"val_limit": 32, "test_limit": 32, "robust": False}}

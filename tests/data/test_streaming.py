@@ -11,7 +11,7 @@ from PIL import Image
 from pipeline.data import DataConfig, load_dataset, training_batches
 from pipeline.data.streaming import StreamingSplits
 
-from .conftest import run_cli
+from tests.conftest import run_cli
 
 STREAM = {"image_size": 12, "resize_size": 14, "min_scale": 0.3, "workers": 0}
 

@@ -16,7 +16,7 @@ from pipeline.engine.errors import ConfigError
 from pipeline.sparsity import MaskSet, global_magnitude_masks, topk_mask
 from pipeline.sparsity.tickets import CriterionConfig, ticket_masks
 
-from .conftest import run_cli, tiny_config
+from tests.conftest import run_cli, tiny_config
 
 TRAIN = {"batch_size": 64, "max_steps_per_epoch": 3, "optimizer": {"lr": 0.05}, "schedule": {"kind": "constant"},
          "attack": {"steps": 2}, "eval": {"val_limit": 32, "test_limit": 32, "attack": {"steps": 2}}}

@@ -13,7 +13,7 @@ from pipeline.engine.config import load_config
 from pipeline.engine.errors import ConfigError
 from pipeline.sparsity.dst import METHODS
 
-from .conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli
 
 TRAIN = {"mode": "pgd", "epochs": 2, "batch_size": 64, "max_steps_per_epoch": 4, "optimizer": {"lr": 0.05},
          "schedule": {"kind": "constant"}, "attack": {"steps": 2},

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.train.loop import ScheduleConfig, TrainingConfig, lr_at
 
-from .conftest import run_cli, tiny_config
+from tests.conftest import run_cli, tiny_config
 
 
 def test_multistep_schedule():

@@ -92,7 +92,7 @@ def test_surviving_artifacts_outlive_a_resume_and_land_in_the_stage_folder(tmp_p
     from pipeline.engine.context import StageContext
     from pipeline.engine.console import Console
 
-    from .test_runner import train_only
+    from tests.engine.test_runner import train_only
 
     cfg = load_config(write_config(train_only()))
 

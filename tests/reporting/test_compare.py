@@ -16,8 +16,8 @@ from pipeline.engine.errors import PipelineError
 from pipeline.metrics.flops import count_macs
 from pipeline.models.card import build_model
 
-from .conftest import run_cli, tiny_config
-from .test_report import CARD, build_sparse_run
+from tests.conftest import run_cli, tiny_config
+from tests.reporting.test_report import CARD, build_sparse_run
 
 HEADLINE = ["RA best", "RA final", "RA diff", "SA best", "SA final", "SA diff"]
 

@@ -20,7 +20,7 @@ from pipeline.engine import store
 from pipeline.engine.config import load_config
 from pipeline.engine.registry import STAGES
 
-from .conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli
 
 EXAMPLES = REPO / "stages" / "examples"
 WARMUP = {"name": "warmup", "type": "dense_warmup", "mode": "clean", "epochs": 1, "batch_size": 32,

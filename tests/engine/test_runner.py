@@ -19,7 +19,7 @@ from pipeline.engine.lock import RunLock, lock_state
 from pipeline.engine.registry import STAGES
 from pipeline.engine.runner import Runner
 
-from .conftest import run_cli, tiny_config
+from tests.conftest import run_cli, tiny_config
 
 
 def stage_record(run_dir, name):

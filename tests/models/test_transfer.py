@@ -17,7 +17,7 @@ from pipeline.reporting.double_win import double_win_table
 from pipeline.engine.errors import CheckpointError, ConfigError
 from pipeline.models.transfer import transfer_masks
 
-from .conftest import run_cli
+from tests.conftest import run_cli
 
 B_NAMES = ["alpha", "beta", "gamma", "delta", "epsilon"]
 PLUGIN = '''

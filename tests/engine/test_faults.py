@@ -26,7 +26,7 @@ from pipeline.engine.config import load_config
 from pipeline.engine.errors import CheckpointError, StageCrashed
 from pipeline.engine.runner import Runner
 
-from .conftest import run_cli, tiny_config
+from tests.conftest import run_cli, tiny_config
 
 
 def small_config() -> dict:
@@ -354,7 +354,7 @@ def test_validate_reports_the_data_and_prints_the_resolved_config(tmp_path, caps
 
 
 def test_every_shipped_recipe_validates_in_a_fresh_clone(tmp_path, monkeypatch):
-    from .conftest import REPO
+    from tests.conftest import REPO
 
     monkeypatch.chdir(tmp_path)  # nothing of the development checkout around
     (tmp_path / "images").mkdir()

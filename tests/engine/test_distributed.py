@@ -21,7 +21,7 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from .conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ from pipeline.reporting.sections.sparsity import early_bird_series, update_serie
 from pipeline.sparsity.masks import MaskSet
 from pipeline.sparsity.record import SparsityRecord
 
-from .conftest import run_cli, tiny_config
+from tests.conftest import run_cli, tiny_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

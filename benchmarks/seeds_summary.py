@@ -11,8 +11,8 @@ Every metric is read as higher-is-better (accuracies).
 
 For every model and metric it prints mean ± sample std over the seeds; for every non-baseline model the
 mean paired difference to the baseline (same seed, same data order) ± its std, and a plain word: "holds"
-when the mean difference has the claimed sign and exceeds its own std across seeds, "within noise"
-otherwise. The last line counts how many model-metric pairs hold.
+when the mean difference is positive and exceeds its own std across seeds, "reversed" when it is
+negative beyond its std, "within noise" otherwise. The last line counts how many model-metric pairs hold.
 """
 from __future__ import annotations
 
@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             ok = mean > 0 and (math.isnan(std) or mean > std)
             held += ok
             total += 1
-            word = "holds" if ok else ("within noise" if mean > 0 else "reversed")
+            reversed_ = mean < 0 and (math.isnan(std) or -mean > std)
+            word = "holds" if ok else ("reversed" if reversed_ else "within noise")
             print(f"{seeds[0][k].get('label', k)} - {args.baseline}, {m}: {mean:+.2f} ± {std:.2f} pp "
                   f"over {len(diffs)} seeds -> {word}")
     print(f"verdict: {held}/{total} model-metric differences beat the baseline by more than their seed-to-seed std")

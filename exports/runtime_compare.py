@@ -10,6 +10,7 @@ measures the neighbours.
 """
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,17 +40,6 @@ def _reset_peak() -> bool:
         return False
 
 
-def _time_thread(session, x: np.ndarray, warmup: int, runs: int) -> np.ndarray:
-    feed = {session.get_inputs()[0].name: x}
-    for _ in range(warmup):
-        session.run(None, feed)
-    times = np.empty(runs, dtype=np.float64)
-    for i in range(runs):
-        start = time.thread_time_ns()
-        session.run(None, feed)
-        times[i] = (time.thread_time_ns() - start) / 1e6
-    return times
-
 
 def compare_models(paths: Mapping[str, str | Path], provider: str, *, input_shape: Sequence[int],
                    batch_sizes: Sequence[int] = (1, 64), warmup: int = 10, runs: int = 100, rounds: int = 5,
@@ -64,7 +54,8 @@ def compare_models(paths: Mapping[str, str | Path], provider: str, *, input_shap
     rng = np.random.default_rng(seed)
     inputs = {b: rng.random((int(b), *input_shape), dtype=np.float32) for b in batch_sizes}
     sessions, peak = {}, {}
-    time_fn = _time_cuda if provider == "cuda" else _time_thread if clock == "cpu" else _time_cpu
+    time_fn = _time_cuda if provider == "cuda" else \
+        functools.partial(_time_cpu, clock=time.thread_time_ns) if clock == "cpu" else _time_cpu
     extra = (device_id,) if provider == "cuda" else ()
     for name, path in paths.items():
         before = _status_kb("VmRSS")

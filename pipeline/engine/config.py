@@ -380,7 +380,9 @@ def _training_sanity(st, where: str, warnings: list[str]) -> list[str]:
         if late:
             text = (f"{where}.schedule.milestones: {late} are not before the stage's last epoch "
                     f"(epochs: {epochs}), so the learning rate never drops there")
-            if "milestones" in sched.model_fields_set:
+            # written by the user only when the stage's own schedule block names them (a stage type's
+            # default schedule, e.g. early_bird's [50, 150], sets milestones without the user writing any)
+            if "schedule" in st.model_fields_set and "milestones" in sched.model_fields_set:
                 problems.append(text + "; use milestones < epochs")
             else:  # the papers' default [100, 150] with a shortened run: worth saying, not refusing
                 warnings.append(text + " (default milestones; set schedule.milestones or schedule.kind)")

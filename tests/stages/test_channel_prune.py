@@ -109,7 +109,7 @@ def test_shrunk_model_exports_times_against_dense_and_predicts(write_config, tmp
     path = write_config(cfg)
     run_dir = tmp_path / "run"
     proc = run_cli("run", str(path), "--run-dir", str(run_dir), check=True)
-    assert "compression vs dense" in proc.stderr and "structured" in proc.stderr and "fewer)" in proc.stderr
+    assert "compression vs dense" in proc.stdout and "structured" in proc.stdout and "fewer)" in proc.stdout  # the summary
 
     model, masks, card = StageRecord.finished_stage(run_dir, "finetune").load_model()
     assert model.net.fc.in_features < 64 and masks is None  # the shrunk architecture, rebuilt from data

@@ -248,7 +248,7 @@ def _status(args) -> int:
             note = f"(source config {source} is invalid now; compared with the run's own config.yaml)\n{exc}"
             source = None
     if source is None:
-        cfg = validate_tree(store.read_json_yaml(run_dir / "config.yaml"))
+        cfg = validate_tree(store.read_written_yaml(run_dir / "config.yaml"))
     statuses = Runner(cfg, run_dir, quiet=True).statuses()
     damaged = 4 if any(s.state == "damaged" for s in statuses) else 0  # scripts can tell without parsing
     if args.json:

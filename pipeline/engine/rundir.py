@@ -247,7 +247,7 @@ class RunDir:
             if not cfg_path.exists():
                 raise PipelineError(f"{self.dir}: not a run directory (no config.yaml)")
             self.config_text = cfg_path.read_text(encoding="utf-8")
-            self.config: dict = store.read_json_yaml(cfg_path) or {}
+            self.config: dict = store.read_written_yaml(cfg_path) or {}
             cfg = _validated(self.config)
         else:
             self.config = cfg.resolved()

@@ -115,27 +115,25 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def read_json(path: str | os.PathLike) -> Any:
+def _read_text_as(path: str | os.PathLike, parse, errors: tuple[type[Exception], ...], what: str) -> Any:
     p = Path(path)
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
+        return parse(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{p}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{p}: not valid JSON ({exc}); the file is damaged") from None
+    except (*errors, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{p}: not valid {what} ({exc}); the file is damaged") from None
 
 
-def read_json_yaml(path: str | os.PathLike) -> Any:
-    """Read a YAML file this project wrote (config.yaml); YAML is a superset of JSON."""
+def read_json(path: str | os.PathLike) -> Any:
+    return _read_text_as(path, json.loads, (json.JSONDecodeError,), "JSON")
+
+
+def read_written_yaml(path: str | os.PathLike) -> Any:
+    """Read a YAML file this project wrote (a run's config.yaml); user configs go through engine.config."""
     import yaml
 
-    p = Path(path)
-    try:
-        return yaml.safe_load(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{p}: file not found") from None
-    except yaml.YAMLError as exc:
-        raise CheckpointError(f"{p}: damaged YAML ({exc})") from None
+    return _read_text_as(path, yaml.safe_load, (yaml.YAMLError,), "YAML")
 
 
 def verify_file(path: str | os.PathLike, expected_sha256: str | None) -> bytes:

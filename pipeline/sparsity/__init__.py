@@ -12,7 +12,8 @@ from pipeline.sparsity.allocation import ALLOCATORS, erk, get_allocator, igq, un
 from pipeline.sparsity.early_bird import EarlyBirdDetector, early_bird_distance
 from pipeline.sparsity.magnitude import global_magnitude_masks, imp_round_density
 from pipeline.sparsity.masks import MaskEnforcer, MaskSet, prunable_params
-from pipeline.sparsity.select import derived_generator, random_mask, topk_mask
+from pipeline.engine.seeding import derived_generator
+from pipeline.sparsity.select import random_mask, topk_mask
 
 __all__ = [
     "ALLOCATORS", "EarlyBirdDetector", "MaskEnforcer", "MaskSet", "derived_generator", "early_bird_distance",

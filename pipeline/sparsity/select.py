@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.engine.seeding import derived_generator  # noqa: F401  (re-exported)
 from torch import Tensor
 
 

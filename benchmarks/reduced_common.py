@@ -59,6 +59,9 @@ def parser(doc: str, script: str, *, epochs: int, arch: str) -> argparse.Argumen
                     help="PGD-K adversarial training with step 2.5*eps/K (default: PGD-10, step 2/255)")
     ap.add_argument("--eval-attack-steps", type=int, default=None, metavar="N",
                     help="PGD-N for the per-epoch and the final evaluations (default 20)")
+    ap.add_argument("--batch-size", type=int, default=128,
+                    help="training batch of every model (default 128, the papers'; a small training set "
+                    "at batch 128 gets too few SGD steps to fit anything)")
     ap.add_argument("--augment", choices=["crop_flip", "none"], default="crop_flip",
                     help="training augmentation (default crop_flip, the papers')")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / script,
@@ -81,7 +84,7 @@ def parse(ap: argparse.ArgumentParser, argv: list[str] | None = None) -> argpars
     args = ap.parse_args(argv)
     if args.epochs <= 0:
         ap.error(f"--epochs must be > 0, got {args.epochs}")
-    for flag in ("limit_steps", "train_attack_steps", "eval_attack_steps"):
+    for flag in ("limit_steps", "train_attack_steps", "eval_attack_steps", "batch_size"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             ap.error(f"--{flag.replace('_', '-')} must be > 0, got {value}")
@@ -179,7 +182,7 @@ def steps_like(reference_steps: int, args: argparse.Namespace, train_images: int
 
 
 def batch_size(args: argparse.Namespace) -> int:
-    return SMOKE_BATCH if smoke(args) else 128
+    return SMOKE_BATCH if smoke(args) else args.batch_size
 
 
 def eval_steps(args: argparse.Namespace) -> int:
@@ -200,7 +203,7 @@ def train_attack(args: argparse.Namespace) -> dict[str, Any]:
 def training(args: argparse.Namespace, *, mode: Literal["clean", "fast", "pgd"] = "pgd",
              lr_drops: tuple[float, ...] = (1 / 2, 3 / 4), robust_eval: bool = True,
              select: Literal["best", "final"] = "best") -> dict[str, Any]:
-    """The training keys shared by every compared model: SGD 0.1 / 0.9 / 5e-4, batch 128, PGD-10 (8/255,
+    """The training keys shared by every compared model: SGD 0.1 / 0.9 / 5e-4, batch 128 (--batch-size), PGD-10 (8/255,
     2/255) when adversarial, per-epoch val/test evaluation (PGD-20 RA unless `robust_eval` is off)."""
     limits = {"val_limit": SMOKE_EVAL_LIMIT, "test_limit": SMOKE_EVAL_LIMIT} if smoke(args) else {}
     ev: dict[str, Any] = {"every": 1, "batch_size": 512, **limits, "robust": robust_eval}

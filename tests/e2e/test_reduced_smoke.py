@@ -49,6 +49,10 @@ def test_training_attack_defaults_and_short_pgd(tmp_path):
     assert short["attack"]["steps"] == 3
     assert float(Fraction(short["attack"]["step"])) == pytest.approx(2.5 * 8 / 255 / 3)
     assert short["eval"]["attack"]["steps"] == 10
+    assert default["batch_size"] == 128
+    small = _args(tmp_path, "--batch-size", "32", "--sizes", "64,20,20")
+    assert rc.training(small)["batch_size"] == 32
+    assert rc.steps_like(900, small) == round(900 / 352 * 2)  # 64 images at batch 32: 2 steps per epoch
 
 
 def test_sizes_write_a_balanced_subset_once(tmp_path):
@@ -68,6 +72,7 @@ def test_sizes_write_a_balanced_subset_once(tmp_path):
     (["--sizes", "50,20"], "three positive image counts"),
     (["--sizes", "500,20,30"], "train 500 exceeds the 120 train images"),
     (["--train-attack-steps", "0"], "--train-attack-steps must be > 0"),
+    (["--batch-size", "-1"], "--batch-size must be > 0"),
 ])
 def test_bad_flags_are_clear_errors(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exc:

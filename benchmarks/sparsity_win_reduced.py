@@ -24,12 +24,12 @@ A smoke run on CPU, a few minutes (batch 32, PGD-2, 64-image evaluations, topolo
 the one-epoch early-bird search warns that its window never filled and prunes its last epoch):
 
     python benchmarks/sparsity_win_reduced.py --epochs 1 --limit-steps 2 --device cpu
-A CPU protocol that shows robust overfitting in the dense run within an hour or so per model set
-(small_cnn, 2000 balanced training images without augmentation, PGD-3 training, PGD-10 evaluation on
-400 val / 400 test images; benchmarks/RESULTS.md has the commands and the measured result):
+The CPU protocol of benchmarks/RESULTS.md (17-26 min per seed on a shared 2-core machine; small_cnn is
+too small to over-fit under PGD-AT, so it tests the FLOPs claim, not the robustness ones):
 
-    python benchmarks/sparsity_win_reduced.py --arch small_cnn --epochs 30 --sizes 2000,400,400 \
-        --augment none --train-attack-steps 3 --eval-attack-steps 10 --device cpu --out runs/sw_cpu
+    python benchmarks/sparsity_win_reduced.py --arch small_cnn --epochs 20 --sizes 1000,300,300 \
+        --batch-size 32 --augment none --train-attack-steps 3 --eval-attack-steps 10 --device cpu \
+        --out runs/sw_cpu_seed1
 Before the headline table it prints the dense run's per-epoch curve (train RA on the adversarial
 training batches, val / test RA), where robust overfitting shows as val/test RA falling after its
 peak while train RA keeps rising. Re-running with the same --out continues a cut-off run. The

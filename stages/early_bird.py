@@ -13,17 +13,14 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.engine import distributed
 from pipeline.engine.errors import PipelineError, StageFailed
 from pipeline.engine.seeding import Stream
-from pipeline.metrics.flops import FlopsRecord, InferenceFlops
 from pipeline.engine.schema import Ratio
-from pipeline.sparsity import EarlyBirdDetector, global_magnitude_masks
-from pipeline.sparsity.record import SparsityRecord
-from pipeline.sparsity.tickets import (CriterionConfig, Scope, TicketHooks, check_criterion, criterion_batches,
-                                       rewind_epoch, scope_params, ticket_masks)
+from pipeline.sparsity.ticket_config import CriterionConfig, Scope, rewind_epoch
 from pipeline.engine.stage import Stage, StageConfig
-from pipeline.train.loop import ScheduleConfig, TrainingConfig, train
+from pipeline.train.config import ScheduleConfig, TrainingConfig
+
+# The implementation (torch) is imported in run(): `validate` and `stages` import this module for its Config.
 
 
 class PruneCriterion(CriterionConfig):
@@ -51,33 +48,6 @@ class EarlyBirdConfig(StageConfig, TrainingConfig):
         return self
 
 
-class EarlyBirdHooks(TicketHooks):
-    """TicketHooks (dense, for the rewind snapshot) plus the per-epoch early-bird check."""
-
-    def __init__(self, cfg: EarlyBirdConfig):
-        super().__init__(masks=None, snapshot_epoch=rewind_epoch(cfg.rewind_to))
-        self.detector = EarlyBirdDetector(window=cfg.window, threshold=cfg.threshold)
-        self.density, self.scope = cfg.density, cfg.detect_scope
-
-    def end_epoch(self, epoch: int, row: dict) -> bool:
-        super().end_epoch(epoch, row)
-        masks = global_magnitude_masks(scope_params(self.model, scope=self.scope), self.density)
-        distributed.sync_masks(masks, f"early_bird: detection masks of epoch {epoch + 1}")
-        fired = self.detector.update(masks, epoch=epoch + 1)
-        entry = self.detector.curve[-1]
-        row["eb_distance_previous"] = entry["previous"]
-        row["eb_distance_max"] = max(entry["window"]) if entry["window"] else None
-        row["eb_distances"] = list(entry["window"])
-        return fired
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "detector": self.detector.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.detector.load_state_dict(state["detector"])
-
-
 class EarlyBird(Stage):
     Config = EarlyBirdConfig
     input_mode = "optional"
@@ -85,6 +55,12 @@ class EarlyBird(Stage):
     collective = True
 
     def run(self, ctx) -> None:
+        from pipeline.metrics.flops import FlopsRecord, InferenceFlops
+        from pipeline.sparsity.early_bird import EarlyBirdHooks
+        from pipeline.sparsity.record import SparsityRecord
+        from pipeline.sparsity.tickets import check_criterion, criterion_batches, ticket_masks
+        from pipeline.train.loop import train
+
         cfg: EarlyBirdConfig = ctx.config
         data = ctx.data()
         model, masks, card = ctx.input_or_new_model(data)

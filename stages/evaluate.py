@@ -15,20 +15,21 @@ the other of best/final, when kept, gets SA and the first attack (enough for gap
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.corruptions.benchmark import CorruptionConfig, evaluate_corruptions, generation_parameters
+from pipeline.corruptions.config import CorruptionConfig
 from pipeline.corruptions.published import load_published
 from pipeline.engine.errors import PipelineError
 from pipeline.engine.stage import Stage, StageConfig
-from pipeline.metrics.attacks import EvalAttack, PGDEvalConfig
-from pipeline.metrics.autoattack import INSTALL_HINT, AutoAttackConfig, find_autoattack, missing_message
-from pipeline.metrics.evaluation import (EvaluationMetrics, SplitScores, checkpoint_figures, checkpoint_gaps,
-                                         evaluate_attacks, summarize_selected)
-from pipeline.metrics.flops import FlopsRecord
-from pipeline.train.checkpoints import CheckpointsRecord, kept_checkpoints
+from pipeline.metrics.attack_config import EvalAttack, PGDEvalConfig
+from pipeline.metrics.autoattack_config import INSTALL_HINT, AutoAttackConfig, find_autoattack, missing_message
+
+if TYPE_CHECKING:
+    from pipeline.metrics.evaluation import EvaluationMetrics
+
+# The implementation (torch) is imported where it runs: `validate` and `stages` import this module for its Config.
 
 
 class EvaluateConfig(StageConfig):
@@ -79,6 +80,10 @@ class Evaluate(Stage):
     collective = True
 
     def run(self, ctx) -> None:
+        from pipeline.metrics.evaluation import checkpoint_figures, checkpoint_gaps
+        from pipeline.metrics.flops import FlopsRecord
+        from pipeline.train.checkpoints import CheckpointsRecord, kept_checkpoints
+
         cfg: EvaluateConfig = ctx.config
         data = ctx.data()
         skipped = self._preflight(cfg, ctx)
@@ -117,12 +122,16 @@ class Evaluate(Stage):
 
     @staticmethod
     def _judge(ctx, cfg: EvaluateConfig, model, data, attacks, skipped, limits, ck) -> dict:
+        from pipeline.metrics.evaluation import evaluate_attacks
+
         ctx.log(f"[{ctx.name}] checkpoint {ck.which} ({ck.file}, epoch {ck.epoch})")
         return evaluate_attacks(model, data, attacks, limits=limits, batch_size=cfg.batch_size, device=ctx.device,
                                 seed=ctx.seed, skipped=skipped, log=lambda msg: ctx.log(f"[{ctx.name}] {msg}"))
 
     @staticmethod
     def _metrics(res: dict, first, which: str, results: dict, history: list[dict]) -> EvaluationMetrics:
+        from pipeline.metrics.evaluation import EvaluationMetrics, SplitScores, summarize_selected
+
         entry = res["ra"].get(first.label(), {})
         splits = {s: SplitScores(n=res["n"][s], sa=res["sa"][s], loss=res["clean_loss"][s], ra=entry.get(s),
                                  robust_loss=(entry.get("robust_loss") or {}).get(s)) for s in res["sa"]}
@@ -142,6 +151,8 @@ class Evaluate(Stage):
 
     @staticmethod
     def _corruptions(ctx, cfg: EvaluateConfig, model, data, which: str) -> dict:
+        from pipeline.corruptions.benchmark import evaluate_corruptions, generation_parameters
+
         corr = evaluate_corruptions(model, data.test_x, data.test_y, cfg.corruptions, device=ctx.device,
                                     batch_size=cfg.batch_size, num_classes=data.num_classes,
                                     log=lambda msg: ctx.log(f"[{ctx.name}] {msg}"))

@@ -13,19 +13,10 @@ from pydantic import Field
 from pipeline.engine.seeding import Stream, derive_seed
 from pipeline.engine.errors import DataError
 from pipeline.engine.stage import Stage, StageConfig
-from pipeline.sparsity.hooks import MaskHooks
-from pipeline.train.checkpoints import save_trained
-from pipeline.train.loop import TrainingConfig, train
-from pipeline.models.transfer import (
-    MODEL_DATA_KEY,
-    TransferConfig,
-    check_compatible,
-    dataset_label,
-    retarget_model,
-    transfer_masks,
-    transfer_record,
-)
+from pipeline.train.config import TrainingConfig
+from pipeline.models.transfer_config import TransferConfig
 
+# The implementation (torch) is imported in run(): `validate` and `stages` import this module for its Config.
 
 
 class FinetuneConfig(StageConfig, TrainingConfig):
@@ -43,6 +34,12 @@ class Finetune(Stage):
     collective = True
 
     def run(self, ctx) -> None:
+        from pipeline.models.transfer import (MODEL_DATA_KEY, check_compatible, dataset_label, retarget_model,
+                                              transfer_masks, transfer_record)
+        from pipeline.sparsity.hooks import MaskHooks
+        from pipeline.train.checkpoints import save_trained
+        from pipeline.train.loop import train
+
         cfg: FinetuneConfig = ctx.config
         holder = ctx.input.model_holder().name
         source = holder if cfg.ticket_round is None else f"{holder} round {cfg.ticket_round}"

@@ -23,22 +23,22 @@ so downstream summaries read that round's epochs only.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
 from pipeline.engine import store
 from pipeline.engine.errors import PipelineError
 from pipeline.engine.seeding import Stream
-from pipeline.metrics.flops import FlopsRecord, InferenceFlops, TrainingFlops
 from pipeline.engine.schema import Ratio
-from pipeline.sparsity import MaskSet, imp_round_density
-from pipeline.sparsity.imp import ImpProgress
-from pipeline.sparsity.record import SparsityRecord
-from pipeline.sparsity.tickets import (CriterionConfig, Scope, TicketHooks, check_criterion,
-                                       criterion_batches, rewind_epoch, round_files, round_metadata, ticket_masks)
+from pipeline.sparsity.ticket_config import CriterionConfig, Scope, rewind_epoch
 from pipeline.engine.stage import Stage, StageConfig
-from pipeline.train.loop import OptimizerConfig, ScheduleConfig, TrainingConfig, cpu_state, train
+from pipeline.train.config import OptimizerConfig, ScheduleConfig, TrainingConfig
+
+if TYPE_CHECKING:
+    from pipeline.sparsity.masks import MaskSet
+
+# The implementation (torch) is imported where it runs: `validate` and `stages` import this module for its Config.
 
 _IMP_ONLY = ("rounds", "prune_fraction", "prune_before_training")
 
@@ -115,6 +115,11 @@ class Imp(Stage):
     collective = True
 
     def run(self, ctx) -> None:
+        from pipeline.sparsity.imp import ImpProgress
+        from pipeline.sparsity.magnitude import imp_round_density
+        from pipeline.sparsity.tickets import TicketHooks, round_files, round_metadata, ticket_masks
+        from pipeline.train.loop import cpu_state, train
+
         cfg: ImpConfig = ctx.config
         data = ctx.data()
         model, in_masks, card = ctx.load_input_model()
@@ -174,6 +179,9 @@ class Imp(Stage):
     @staticmethod
     def _first_mask(ctx, cfg: ImpConfig, model, data, where: str) -> MaskSet | None:
         """The mask of round 1 from the input's weights (None when imp trains a dense round 0 first)."""
+        from pipeline.sparsity.magnitude import imp_round_density
+        from pipeline.sparsity.tickets import check_criterion, ticket_masks
+
         if cfg.method == "random":
             return ticket_masks(model, cfg.criterion, 1 - cfg.target_sparsity, pruner="random", where=where,
                                 generator=ctx.generator(Stream.IMP_RANDOM_MASK, device="cpu"))
@@ -187,6 +195,11 @@ class Imp(Stage):
         return None
 
     def _finish(self, ctx, cfg: ImpConfig, rounds: list[dict], model, card: dict, data, last: int) -> None:
+        from pipeline.metrics.flops import FlopsRecord, InferenceFlops, TrainingFlops
+        from pipeline.sparsity.masks import MaskSet
+        from pipeline.sparsity.record import SparsityRecord
+        from pipeline.sparsity.tickets import round_files
+
         chosen = last if cfg.select_round == "last" else cfg.select_round
         rec = next(r for r in rounds if r["round"] == chosen)
         weights_file, masks_file = round_files(chosen)
@@ -217,10 +230,15 @@ class Imp(Stage):
 
 
 def _batches(ctx, cfg: ImpConfig, data) -> list | None:
+    from pipeline.sparsity.tickets import criterion_batches
+
     return criterion_batches(cfg.criterion, data, batch_size=cfg.batch_size, seed=ctx.seed, device=ctx.device)
 
 
 def _ticket_numbers(cfg: ImpConfig, mask: MaskSet, k: int) -> dict:
+    from pipeline.sparsity.magnitude import imp_round_density
+    from pipeline.sparsity.record import SparsityRecord
+
     s = SparsityRecord.of(mask)
     target = 1 - imp_round_density(cfg.prune_fraction, k) if cfg.method == "imp" else cfg.target_sparsity
     return {"density": s.density, "sparsity": s.sparsity, "target_sparsity": target,

@@ -175,9 +175,9 @@ def _dispatch(args) -> int:
         _print_stages()
         return 0
     if args.command == "models":
-        from pipeline.models import list_models
+        from pipeline.models.names import known_models
 
-        print("\n".join(list_models()))
+        print("\n".join(known_models()))
         return 0
     raise AssertionError(args.command)
 

@@ -47,9 +47,9 @@ class ModelSection(StrictModel):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, value: str) -> str:
-        from pipeline.models import list_models
+        from pipeline.models.names import known_models
 
-        names = list_models()
+        names = known_models()
         if value not in names:
             raise ValueError(f"unknown model {value!r}; valid: {', '.join(names)}")
         return value

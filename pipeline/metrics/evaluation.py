@@ -16,6 +16,7 @@ from pipeline.metrics.attacks import SPLITS, AttackConfig, advertorch_pgd
 from pipeline.engine import distributed
 from pipeline.engine.errors import CheckpointError, ConfigError, DataError, PipelineError
 from pipeline.engine.seeding import derive_seed
+from pipeline.train.config import SELECTION_KEYS
 
 
 def _as_tensor(a: Any, what: str) -> Tensor:
@@ -161,10 +162,8 @@ def _diff(a: float | None, b: float | None) -> float | None:
 
 
 # The best epoch is the one with the highest val RA; with val SA when the evaluation measured no RA
-# (clean training evaluated without an attack). Training, evaluate and compare all choose by this.
-SELECTION_KEYS = ("val_ra", "val_sa")
-
-
+# (clean training evaluated without an attack). Training, evaluate and compare all choose by this
+# (SELECTION_KEYS lives with the training config, which validates without torch).
 def selection_key(history: Sequence[dict]) -> str | None:
     """The key a logged history's best epoch is chosen on (None: no val figure was logged)."""
     return next((k for k in SELECTION_KEYS if any(_has(row, k) for row in history)), None)

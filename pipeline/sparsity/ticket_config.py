@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipeline.engine.schema import StrictModel
-from pipeline.sparsity.criteria import CRITERIA, get_criterion
+from pipeline.sparsity.criteria_names import check_criterion, criteria
 
 Scope = Literal["conv", "conv_linear"]
 SCOPE_KINDS: dict[str, tuple[str, ...]] = {"conv": ("conv",), "conv_linear": ("conv", "linear")}
@@ -18,7 +18,7 @@ _SCOPE_KEYS = ("scope", "dense_first", "dense_last")
 class CriterionConfig(StrictModel):
     """Which weights a ticket keeps. Stages subclass it to set their default `scope`."""
 
-    pruner: str = Field(default="global_magnitude", description=f"one of: {', '.join(CRITERIA)} "
+    pruner: str = Field(default="global_magnitude", description=f"one of: {', '.join(criteria())} "
                         "(global_magnitude: exact global |w| top-k; taylor: global |w * grad|; level, l1, l2, fpgm: nni)")
     taylor_batches: int = Field(default=8, gt=0, description="taylor: clean training batches the saliency is summed over")
     config_list: list[dict[str, Any]] | None = Field(
@@ -30,15 +30,15 @@ class CriterionConfig(StrictModel):
     @field_validator("pruner")
     @classmethod
     def _known_pruner(cls, value: str) -> str:
-        get_criterion(value)
-        return value
+        return check_criterion(value)
 
     @model_validator(mode="after")
     def _config_list_for_nni_only(self):
         if self.config_list is None:
             return self
-        if CRITERIA[self.pruner].nni_pruner is None:
-            nni = ", ".join(n for n, c in CRITERIA.items() if c.nni_pruner is not None)
+        table = criteria()
+        if table[self.pruner] is None:
+            nni = ", ".join(n for n, pruner in table.items() if pruner is not None)
             raise ValueError(f"config_list: only used with the nni pruners ({nni}); "
                              f"{self.pruner!r} ranks the weights of `scope`")
         clash = [k for k in _SCOPE_KEYS if k in self.model_fields_set]

@@ -7,8 +7,10 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pipeline.metrics.attack_config import AttackConfig
-from pipeline.metrics.evaluation import SELECTION_KEYS
 from pipeline.engine.schema import StrictModel
+
+# history keys the best epoch is chosen on, in order of preference (val RA, else val SA)
+SELECTION_KEYS = ("val_ra", "val_sa")
 
 
 class OptimizerConfig(StrictModel):

@@ -35,16 +35,13 @@ from typing import Any
 
 from pydantic import Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
 
-from pipeline.data import num_batches
 from pipeline.engine.errors import ConfigError
-from pipeline.metrics.flops import count_macs, inference_flops
 from pipeline.engine.schema import Ratio
-from pipeline.sparsity.dst import (METHODS, RewireHooks, Schedule, SparsityConfig, any_settings_model, build_method,
-                                   validate_sparsity)
+from pipeline.sparsity.dst import METHODS, Schedule, SparsityConfig, any_settings_model, validate_sparsity
 from pipeline.engine.stage import Stage, StageConfig
-from pipeline.sparsity.record import SparsityRecord
-from pipeline.train.checkpoints import save_trained
-from pipeline.train.loop import TrainingConfig, train
+from pipeline.train.config import TrainingConfig
+
+# The implementation (torch) is imported in run(): `validate` and `stages` import this module for its Config.
 
 
 class RewireConfig(StageConfig, TrainingConfig):
@@ -68,7 +65,7 @@ class RewireConfig(StageConfig, TrainingConfig):
         method = info.data.get("method")
         if method is None:  # the invalid method is the error; its settings cannot be judged
             return None
-        if isinstance(value, METHODS[method].Settings):
+        if isinstance(value, METHODS.spec(method).Settings):
             return value
         return validate_sparsity(method, value, epochs=info.data.get("epochs"))
 
@@ -76,7 +73,7 @@ class RewireConfig(StageConfig, TrainingConfig):
     def _method_checks(self):
         if self.sparsity is not None and self.method in METHODS:
             try:
-                METHODS[self.method].check(self.sparsity, self.density)
+                METHODS.spec(self.method).check(self.sparsity, self.density)
             except ValueError as exc:
                 raise ValueError(f"sparsity: {exc}") from None
         return self
@@ -89,6 +86,13 @@ class Rewire(Stage):
     collective = True
 
     def run(self, ctx) -> None:
+        from pipeline.data.batches import num_batches
+        from pipeline.metrics.flops import count_macs, inference_flops
+        from pipeline.sparsity.dst import RewireHooks, build_method
+        from pipeline.sparsity.record import SparsityRecord
+        from pipeline.train.checkpoints import save_trained
+        from pipeline.train.loop import train
+
         cfg: RewireConfig = ctx.config
         data = ctx.data()
         model, _, card = ctx.input_or_new_model(data)  # an input's own masks, if any, are replaced

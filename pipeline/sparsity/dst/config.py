@@ -58,15 +58,15 @@ def _merge(preset: dict, user: dict) -> dict:
 
 
 def _readers(key: str) -> list[str]:
-    return [n for n, c in METHODS.items() if key in c.Settings.model_fields]
+    return [n for n, c in METHODS.specs() if key in c.Settings.model_fields]
 
 
 def fill_from_preset(method: Any, raw_sparsity: Any, *, epochs: Any) -> Any:
     """The user's sparsity block with the method preset underneath. Anything unexpected (unknown method,
     a non-mapping) is returned untouched so the field validators report it with its path."""
-    cls = METHODS.get(method)
-    if cls is None or not (raw_sparsity is None or isinstance(raw_sparsity, dict)):
+    if method not in METHODS or not (raw_sparsity is None or isinstance(raw_sparsity, dict)):
         return raw_sparsity
+    cls = METHODS.spec(method)
     own = cls.Settings.model_fields
     user, misplaced = {}, []
     for key, value in (raw_sparsity or {}).items():
@@ -83,7 +83,7 @@ def fill_from_preset(method: Any, raw_sparsity: Any, *, epochs: Any) -> Any:
 
 def validate_sparsity(method: str, raw_sparsity: Any, *, epochs: Any) -> SparsityConfig:
     """The method's own `Settings`, validated from the user's block over its preset."""
-    return METHODS[method].Settings.model_validate(fill_from_preset(method, raw_sparsity, epochs=epochs))
+    return METHODS.spec(method).Settings.model_validate(fill_from_preset(method, raw_sparsity, epochs=epochs))
 
 
 def any_settings_model() -> type[SparsityConfig]:
@@ -91,7 +91,7 @@ def any_settings_model() -> type[SparsityConfig]:
     keys (did-you-mean in config errors, `pipeline stages`); a stage's block is validated as its own
     method's `Settings` (`validate_sparsity`)."""
     own: dict[str, Any] = {}
-    for cls in METHODS.values():
+    for _, cls in METHODS.specs():
         for key, info in cls.Settings.model_fields.items():
             if key not in SparsityConfig.model_fields and key not in own:
                 own[key] = (info.annotation | None, Field(default=None, description=info.description))

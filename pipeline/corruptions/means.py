@@ -42,7 +42,8 @@ def column_means(corr: dict[str, Any]) -> dict[str, Any]:
     per = {name: [float(a) for a in accs] for name, accs in (corr.get("per") or {}).items()}
     severities = list(corr.get("severities") or [])
     generated = GENERATED if corr.get("source") == "generated" else ""
-    fewer_sev = FEWER_SEVERITIES if severities and len(severities) < len(SEVERITIES) else ""
+    width = len(severities) or max((len(accs) for accs in per.values()), default=0)  # older records: from `per`
+    fewer_sev = FEWER_SEVERITIES if 0 < width < len(SEVERITIES) else ""
     standard = [name for name in STANDARD if name in per]
     extra = [name for name in per if name not in STANDARD]
     out: dict[str, Any] = {"types_15": len(standard), "types_19": len(per), "severities": severities,

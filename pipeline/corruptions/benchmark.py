@@ -1,8 +1,9 @@
 """Corruption robustness of a model: accuracy per corruption x severity, means, and clean accuracy.
 
 Follows RobustBench's convention: the headline figure is the unweighted mean accuracy over
-corruptions and severities (`mean_acc_15` over the 15 standard types, `mean_acc` over every type
-evaluated). A run uses either a published set or generated corruptions, never both in one mean.
+corruptions and severities (`mean_acc_15` over the 15 standard types, `mean_acc_19` over all 19, each
+only when every type of its set was evaluated; `mean_acc` over every type evaluated).
+A run uses either a published set or generated corruptions, never both in one mean.
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from torch import nn
 from pipeline.engine.errors import DataError
 from pipeline.metrics.evaluation import evaluate
 
-from pipeline.corruptions.catalog import ALL, STANDARD, get
+from pipeline.corruptions.catalog import ALL, get
 from pipeline.corruptions.generate import corrupt_images
+from pipeline.corruptions.means import exact_means
 from pipeline.corruptions.published import load_published
 from pipeline.corruptions.config import CorruptionConfig, CorruptionName  # noqa: F401  (moved; still importable)
 
@@ -81,7 +83,7 @@ def evaluate_corruptions(model: nn.Module, test_x: torch.Tensor, test_y: torch.T
 
     clean = evaluate(model, test_x, test_y, batch_size=bs, device=device, limit=clean_n)["acc"]
     all_accs = [a for accs in per.values() for a in accs]
-    standard = [a for name in STANDARD if name in per for a in per[name]]
+    mean_15, mean_19 = exact_means(per)
     result: dict[str, Any] = {
         "source": kind,
         "backend": backend,
@@ -93,7 +95,8 @@ def evaluate_corruptions(model: nn.Module, test_x: torch.Tensor, test_y: torch.T
         "clean_acc": clean,
         "clean_n": clean_n,
         "mean_acc": float(np.mean(all_accs)),
-        "mean_acc_15": float(np.mean(standard)) if all(name in per for name in STANDARD) else None,
+        "mean_acc_15": mean_15,
+        "mean_acc_19": mean_19,
         "per_type_mean": {name: float(np.mean(accs)) for name, accs in per.items()},
         "per": per,
         "seconds": round(time.time() - started, 3),

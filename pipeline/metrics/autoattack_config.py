@@ -23,7 +23,8 @@ class AutoAttackConfig(StrictModel):
     version: Literal["standard", "plus", "rand"] = "standard"
     norm: Literal["Linf", "L2", "L1"] = "Linf"
     eps: Ratio = Field(default=8 / 255, gt=0)
-    n: int | None = Field(default=1000, gt=0, description="first n images of each split (null: the whole split)")
+    n: int | None = Field(default=10000, gt=0, description="first n images of each split (RobustBench's default "
+                          "10000, the whole CIFAR test set; null: the whole split)")
     splits: list[Split] = Field(default_factory=lambda: ["test"], min_length=1)
     backend: Literal["auto", "autoattack", "pyautoattack"] = Field(
         default="auto", description="auto: the git package `autoattack` if installed, else `pyautoattack`")

@@ -2,12 +2,13 @@
 `pipeline validate` need not import it; `pipeline.train.loop` runs them."""
 from __future__ import annotations
 
+import math
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
-from pipeline.metrics.attack_config import AttackConfig
-from pipeline.engine.schema import StrictModel
+from pipeline.metrics.attack_config import FGSM_RS_STEP_FACTOR, AttackConfig
+from pipeline.engine.schema import Ratio, StrictModel
 
 # history keys the best epoch is chosen on, in order of preference (val RA, else val SA)
 SELECTION_KEYS = ("val_ra", "val_sa")
@@ -46,7 +47,32 @@ class EvalConfig(StrictModel):
         return self
 
 
+_RATIO = TypeAdapter(Ratio)
 _MODE_TO_ATTACK = {"clean": "none", "fast": "fgsm_rs", "pgd": "pgd"}
+
+
+def _fast_attack(attack: dict) -> dict:
+    """The attack block a `mode: fast` stage trains with: FGSM-RS (spec §2.1), or a ValueError naming the keys.
+
+    The recipes' PGD block (step 2/255, steps 10) used to become one 2/255 step: a far weaker attack
+    than Wong et al.'s 1.25*eps, with nothing said. A written step counts as meant for fast AT only next
+    to `kind: fgsm_rs` (or when it is 1.25*eps anyway). Raw values: this runs before field validation,
+    so that the block is never judged as a PGD attack (step > eps is normal for FGSM-RS)."""
+    try:
+        steps = int(attack["steps"]) if "steps" in attack else 1
+        eps = _RATIO.validate_python(attack.get("eps", 8 / 255))
+        step = _RATIO.validate_python(attack["step"]) if "step" in attack else None
+    except (TypeError, ValueError, ValidationError):
+        return attack  # the fields' own validation names the bad value
+    if steps != 1:
+        raise ValueError(f"mode: 'fast' is FGSM-RS (one step of {FGSM_RS_STEP_FACTOR:g}*eps), which contradicts "
+                         f"attack.steps: {attack['steps']} (a PGD attack); drop attack.steps and attack.step, or use mode: pgd")
+    reference = FGSM_RS_STEP_FACTOR * eps
+    if step is not None and "kind" not in attack and not math.isclose(step, reference, rel_tol=1e-6, abs_tol=1e-12):
+        raise ValueError(f"mode: 'fast' uses the FGSM-RS step {FGSM_RS_STEP_FACTOR:g}*eps = {reference * 255:.4g}/255, "
+                         f"which contradicts attack.step: {step * 255:.4g}/255 (a PGD step size); drop attack.step, "
+                         "or write attack.kind: fgsm_rs next to it to train FGSM-RS with that step")
+    return {**attack, "kind": attack.get("kind", "fgsm_rs"), "steps": 1}
 
 
 class TrainingConfig(StrictModel):
@@ -69,6 +95,15 @@ class TrainingConfig(StrictModel):
     def select_key(self) -> str:
         """The history key the best epoch is chosen on: val RA, or val SA when evaluation measures no RA."""
         return SELECTION_KEYS[0] if self.eval.robust else SELECTION_KEYS[1]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fast_is_fgsm_rs(cls, data):
+        # only the user's own attack block is judged: a stage type's default attack is not theirs
+        if isinstance(data, dict) and data.get("mode", cls.model_fields["mode"].default) == "fast" \
+                and isinstance(data.get("attack"), dict):
+            data = {**data, "attack": _fast_attack(data["attack"])}
+        return data
 
     @model_validator(mode="after")
     def _attack_follows_mode(self):

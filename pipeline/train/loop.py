@@ -287,6 +287,7 @@ def evaluate_splits(model: torch.nn.Module, data: DataSplits, ecfg: EvalConfig, 
         clean = evaluate(model, x, y, batch_size=ecfg.batch_size, attack=None, device=device, limit=limit)
         row[f"{split}_sa"] = clean["acc"]
         row[f"{split}_loss"] = clean["loss"]
+        row[f"{split}_n"] = clean["n"]  # so every RA figure read from the history can state its n
         if ecfg.robust:
             adv = evaluate(model, x, y, batch_size=ecfg.batch_size, attack=ecfg.attack, device=device,
                            limit=limit, seed=eval_attack_seed(seed, epoch))

@@ -13,8 +13,10 @@ NEEDS_TRAINING = {
     "linear": "LinearPruner schedules another pruner over training steps",
     "agp": "AGPPruner schedules another pruner over training steps",
 }
-# the global criteria `pipeline.sparsity.criteria` registers, in its order (then the nni ones, sorted)
-GLOBAL = ("global_magnitude", "random", "taylor")
+# name -> nni pruner name (None: a global criterion), as `pipeline.sparsity.criteria` registers them: its
+# global score functions in order, then the nni pruners sorted (a test holds the two equal)
+BUILTIN: dict[str, str | None] = {**{n: None for n in ("global_magnitude", "random", "taylor")},
+                                  **{n: n for n in sorted(PRUNERS)}}
 
 
 def criteria() -> dict[str, str | None]:
@@ -23,7 +25,7 @@ def criteria() -> dict[str, str | None]:
     registry = sys.modules.get("pipeline.sparsity.criteria")
     if registry is not None:
         return {n: c.nni_pruner for n, c in registry.CRITERIA.items()}
-    return {**{n: None for n in GLOBAL}, **{n: n for n in sorted(PRUNERS)}}
+    return dict(BUILTIN)
 
 
 def unknown_criterion(name: str, valid: list[str]) -> ValueError:

@@ -108,10 +108,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args) -> int:
-    from pipeline.engine.config import load_config
-
+    # each command imports what it uses: `models` and `--help` need neither pydantic nor the stages
     if args.command == "validate":
         from pipeline.data.check import describe_data
+        from pipeline.engine.config import load_config
 
         cfg = load_config(args.config, args.overrides)
         if args.print_config:
@@ -126,6 +126,7 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "run":
         from pipeline.data.check import describe_data
+        from pipeline.engine.config import load_config
         from pipeline.engine.runner import Runner
 
         cfg = load_config(args.config, args.overrides)

@@ -23,16 +23,14 @@ import os
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 from pipeline.engine.errors import ConfigError, PipelineError
 
+# torch is imported where a process group or a tensor is used, not at import: the light commands
+# (validate, status, stages) import this module and must start without torch
 if TYPE_CHECKING:
     import torch
-
-# torch is imported where a process group is used, not at import: the light commands (validate, status,
-# stages) import this module and must start without torch
 
 
 class DistributedError(PipelineError):

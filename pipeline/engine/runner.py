@@ -20,10 +20,10 @@ from pipeline.engine.seeding import seed_everything
 from pipeline.engine.errors import CheckpointError, ConfigError, PipelineError, UsageError
 from pipeline.engine.registry import STAGES
 
+# torch and the stage context (models, structure) are imported when a stage runs: `status` builds a Runner
 if TYPE_CHECKING:
     import torch
 
-# torch and the stage context (models, structure) are imported when a stage runs: `status` builds a Runner
 RUN_JSON = "run.json"
 
 

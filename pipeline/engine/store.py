@@ -13,18 +13,16 @@ import io
 import json
 import os
 import tempfile
-from pathlib import Path
 import sys
-from typing import Any, Iterator
-
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
 
 from pipeline.engine import distributed
 from pipeline.engine.errors import CheckpointError
 
+# torch and safetensors are imported by the tensor functions only: the light commands read JSON through here
 if TYPE_CHECKING:
     import torch
-# torch and safetensors are imported by the tensor functions only: the light commands read JSON through here
 
 
 def _current_umask() -> int:

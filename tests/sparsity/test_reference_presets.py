@@ -250,3 +250,25 @@ def test_bernoulli_growth_matches_the_count_only_in_expectation():
     assert len(set(grown)) > 1 and abs(sum(grown) / len(grown) - 100) < 10  # p = 100 / 1500 per free entry
     with pytest.raises(Exception, match="needs grow: random"):
         resolve_sparsity("rigl", grow_count="bernoulli")
+
+
+def test_cli_evaluate_reports_the_rb_script_summary_when_asked(tmp_path):
+    import json
+
+    import yaml
+
+    from tests.conftest import run_cli
+
+    cfg = tiny_config()
+    warmup = {**cfg["stages"][0], "epochs": 2, "max_steps_per_epoch": 2, "select": "best"}
+    cfg["stages"] = [warmup, {"name": "evaluate", "type": "evaluate", "input": "warmup", "rb_script_metrics": True,
+                              "attack": {"steps": 1}, "train_limit": 16, "val_limit": 16, "test_limit": 16,
+                              "checkpoints": "selected"}]
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    run_cli("run", str(path), "--run-dir", str(tmp_path / "run"), "-q", check=True)
+    history = [json.loads(line) for line in (tmp_path / "run" / "warmup" / "history.jsonl").read_text().splitlines()]
+    metrics = json.loads((tmp_path / "run" / "evaluate" / "stage.json").read_text())["metrics"]
+    assert metrics["rb_script"] == rb_script_summary(history)
+    assert metrics["rb_script"]["RA_best"] == max(r["test_ra"] for r in history)
+    assert metrics["history_RA_best"] == summarize_history(history)["RA_best"]  # the headline stays val-selected

@@ -231,8 +231,10 @@ class MEST(DynamicSparsity):
     75% of training, pruned back at the next update. The DST-vs-dense study's variant (landscape §A) is
     `update_every: 1000` steps, `memory_bound: {bound: 0.1, prune_after: 0.5, phases: null}`: growth
     min(ceil(r * target), floor(0.1 * target)) with r the drop_fraction schedule.
-    Random growth (MEST_r; `grow: gradient` gives MEST_g). Pruning is by |w| only (MEST's code scores
-    |w| + 0.5 |grad|). A grow phase is not started when its prune-back would fall after the last step."""
+    Random growth (MEST_r; `grow: gradient` gives MEST_g). Pruning is by |w|, as MEST's retrain.py by
+    default (--sp-lmd 0; the paper's score adds lambda |grad|). Updates follow steps 5, 10, ... epochs
+    (MEST also mutates at the start of epoch 0). A grow phase is not started when its prune-back would
+    fall after the last step."""
 
     class Settings(SparsityConfig):
         memory_bound: MemoryBoundConfig = Field(description="MEST's soft memory bound")

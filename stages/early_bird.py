@@ -41,6 +41,9 @@ class EarlyBirdConfig(StageConfig, TrainingConfig):
     window: int = Field(default=5, ge=2, description="masks compared: the newest against the window - 1 before it")
     threshold: Ratio = Field(default=0.08, ge=0, le=1, description="the ticket emerges when every distance in the window is <= this")
     detect_scope: Scope = Field(default="conv", description="weights of the per-epoch detection masks")
+    detect_rule: Literal["topk", "threshold"] = Field(
+        default="topk", description="detection masks: exact top-k of round(density x N), or the reference's |w| > "
+        "the value at index floor(N x (1 - density)) of the sorted magnitudes (one weight fewer, ties dropped)")
     criterion: PruneCriterion = Field(default_factory=PruneCriterion, description="how the ticket is cut")
     rewind_to: str | None = Field(default=None, pattern=r"^(init|epoch_[1-9][0-9]*)$",
                                   description="null: the emergence epoch's weights; init: the starting weights; epoch_N: after N epochs")
@@ -70,11 +73,11 @@ class EarlyBirdHooks(TicketHooks):
     def __init__(self, cfg: EarlyBirdConfig):
         super().__init__(masks=None, snapshot_epoch=rewind_epoch(cfg.rewind_to))
         self.detector = EarlyBirdDetector(window=cfg.window, threshold=cfg.threshold)
-        self.density, self.scope = cfg.density, cfg.detect_scope
+        self.density, self.scope, self.rule = cfg.density, cfg.detect_scope, cfg.detect_rule
 
     def end_epoch(self, epoch: int, row: dict) -> bool:
         super().end_epoch(epoch, row)
-        masks = global_magnitude_masks(scope_params(self.model, scope=self.scope), self.density)
+        masks = global_magnitude_masks(scope_params(self.model, scope=self.scope), self.density, rule=self.rule)
         distributed.sync_masks(masks, f"early_bird: detection masks of epoch {epoch + 1}")
         fired = self.detector.update(masks, epoch=epoch + 1)
         entry = self.detector.curve[-1]

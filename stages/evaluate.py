@@ -6,6 +6,8 @@ Definitions (spec §1.1):
 - Robust generalization gap (canonical): RA on the fixed, non-augmented train split minus test RA.
   Running-train variant (the Robust Bird script's): the training history's running adversarial train
   accuracy of the checkpoint's epoch minus test RA.
+- With `rb_script_metrics`, also the Robust Bird script's test-selected definitions (metrics.rb_script:
+  RA_best / SA_best = the max over epochs of test RA / SA, gap_best = max running train acc - RA_best).
 - Robust overfitting: test RA at the best-val-RA epoch minus test RA at the last epoch, from the
   training history (`robust_overfitting`); and measured here with this stage's first attack on the two
   kept checkpoints (`robust_overfitting_measured`) when the training stage kept both.
@@ -30,7 +32,7 @@ from pipeline.metrics.attacks import EvalAttack, PGDEvalConfig
 from pipeline.metrics.autoattack import INSTALL_HINT, AutoAttackConfig, find_autoattack, missing_message
 from pipeline.metrics.curve_config import SecurityCurveConfig
 from pipeline.metrics.evaluation import (EvaluationMetrics, SplitScores, checkpoint_figures, checkpoint_gaps,
-                                         evaluate_attacks, summarize_selected)
+                                         evaluate_attacks, rb_script_summary, summarize_selected)
 from pipeline.metrics.flops import FlopsRecord
 from pipeline.train.checkpoints import CheckpointsRecord, kept_checkpoints
 
@@ -48,6 +50,10 @@ class EvaluateConfig(StageConfig):
     test_limit: int | None = Field(default=None, gt=0)
     checkpoints: Literal["both", "selected"] = Field(
         default="both", description="both: also evaluate the other of best/final when the input stage kept it")
+    rb_script_metrics: bool = Field(
+        default=False, description="also report Robust Bird's train_eb.py definitions from the training history "
+        "(metrics.rb_script: max test RA / SA, gap_best = max running train acc - max test RA); the headline "
+        "figures stay val-selected with the canonical gap")
     corruptions: CorruptionConfig | None = Field(
         default=None, description="corruption robustness, off when unset: {path (published CIFAR-10-C layout), "
         "generate, types, severities, limit, seed, backend: builtin|imagecorruptions, batch_size}")
@@ -117,6 +123,8 @@ class Evaluate(Stage):
 
         m = self._metrics(primary, first, selected.which, results, history)
         m.density = float(masks.density()) if masks is not None else None
+        if cfg.rb_script_metrics:
+            m.rb_script = rb_script_summary(history)
         if cfg.corruptions is not None:
             m.corruption = self._corruptions(ctx, cfg, model, data, selected.which)
         if cfg.security_curve is not None:

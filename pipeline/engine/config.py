@@ -311,6 +311,7 @@ def validate_tree(tree: dict, source: str | None = None) -> PipelineConfig:
         raw_stages = []
 
     seen: dict[str, int] = {}
+    types: dict[str, str] = {}  # validated stage name -> its type
     warnings: list[str] = []
     previous: str | None = None
     for i, raw in enumerate(raw_stages):
@@ -350,8 +351,11 @@ def validate_tree(tree: dict, source: str | None = None) -> PipelineConfig:
         if st.input is not None and st.input not in seen or (st.input == name):
             if st.input is not None:
                 problems.append(f"{where}.input: {st.input!r} is not an earlier stage (earlier: {', '.join(n for n in seen if n != name) or 'none'})")
+        elif st.input in types:
+            cls.follow_input(st, types[st.input])
         problems.extend(_training_sanity(st, where, warnings))
         stages.append(st)
+        types[name] = str(stype)
         previous = name
 
     if problems:

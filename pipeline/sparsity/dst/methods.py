@@ -21,8 +21,8 @@ __all__ = ["METHODS", "DynamicSparsity", "Layer", "build_method", "fbp_signals",
 def _common(**kw: Any) -> dict[str, Any]:
     base = {"init": "erk", "init_positions": "random", "dense_first": False, "dense_last": False,
             "update_every": 1000, "update_unit": "steps", "second_update_every": None, "second_after_epoch": None,
-            "drop_fraction": 0.5, "drop_fraction_min": 0.005, "drop_decay": "cosine", "stop_fraction": None,
-            "grow": "random"}
+            "drop_fraction": 0.5, "drop_fraction_min": 0.005, "drop_decay": "cosine", "drop_count": "ceil",
+            "stop_fraction": None, "grow": "random", "grow_count": "exact"}
     return {**base, **kw}
 
 
@@ -31,7 +31,9 @@ class FlyingBird(DynamicSparsity):
     """Flying Bird (Chen et al., "Sparsity Winning Twice", ICLR 2022; spec §3.1-3.4, code defaults):
     IGQ allocation, random positions; every 900 steps (1200 in epochs > epochs/2) drop ceil(r * active)
     smallest |w| per layer and regrow as many at random; r cosine 0.5 -> 0.005 over all of training.
-    Deviation: growth is exact-count (the reference's Bernoulli growth matches it only in expectation)."""
+    Deviations, each one option away: growth is exact-count (the reference's Bernoulli growth matches it
+    only in expectation: `grow_count: bernoulli`), and IGQ counts are rounded for an exact global total
+    (the reference's per-layer int(): `init: igq_int`)."""
 
     example = {"update_every": 2, "second_update_every": 3, "second_after_epoch": 0}
 
@@ -158,20 +160,25 @@ class FlyingBirdPlus(FlyingBird):
 @register("set")
 class SET(DynamicSparsity):
     """SET (Mocanu et al., Nature Communications 2018): Erdős–Rényi allocation, once per epoch drop the
-    fraction zeta = 0.3 of smallest-|w| weights per layer and regrow as many at random; constant rate."""
+    fraction zeta = 0.3 of smallest-|w| weights per layer (ceil, as sparselearning) and regrow as many at
+    random; constant rate. The allocation is the sparselearning lineage's 'ER' for convs, epsilon *
+    sum(weight.shape), kernel dimensions included: that is `erk` (which also caps a layer that would pass
+    density 1, so the global count is exact; `erk_uncapped` is sparselearning's rule as written, `er`
+    Mocanu's fully-connected (n_out + n_in) rule that ignores the kernel)."""
 
     example = {}  # once per epoch
 
     @classmethod
     def preset(cls, epochs: int) -> dict[str, Any]:
-        return _common(init="er", update_every=1, update_unit="epochs", drop_fraction=0.3,
+        return _common(init="erk", update_every=1, update_unit="epochs", drop_fraction=0.3,
                        drop_fraction_min=0.0, drop_decay="constant")
 
 
 @register("rigl")
 class RigL(DynamicSparsity):
-    """RigL (Evci et al., ICML 2020): ERK, every 100 steps drop alpha * active smallest |w| and grow as many
-    with the largest dense |grad| of the last batch; alpha = 0.3 cosine-decayed to 0 at T_end = 75% of
+    """RigL (Evci et al., ICML 2020): ERK, every 100 steps drop floor(alpha * active) smallest |w| (the
+    int() of google-research/rigl, so a layer stops swapping once alpha * active < 1) and grow as many with
+    the largest dense |grad| of the last batch; alpha = 0.3 cosine-decayed to 0 at T_end = 75% of
     training, no updates after it. SET with the grow criterion swapped (`grow: gradient`)."""
 
     example = {"update_every": 2}  # T_end = 75%: updates after steps 1, 3, 5 of 8
@@ -179,33 +186,65 @@ class RigL(DynamicSparsity):
     @classmethod
     def preset(cls, epochs: int) -> dict[str, Any]:
         return _common(update_every=100, drop_fraction=0.3, drop_fraction_min=0.0, stop_fraction=0.75,
-                       grow="gradient")
+                       grow="gradient", drop_count="floor")
+
+
+class MutationPhase(StrictModel):
+    start: float = Field(ge=0, lt=1, description="fraction of training from which this phase's growth holds")
+    grow: float = Field(ge=0, le=1, description="weights grown per update, as a fraction of the layer's size "
+                                               "(MEST's grow-to sparsity = target sparsity - grow)")
 
 
 class MemoryBoundConfig(StrictModel):
     """MEST soft memory bound: grow first (density rises above target), prune back after a while."""
 
-    bound: float = Field(gt=0, le=1, description="growth per update is at most this fraction of the layer's target count")
-    prune_after: float = Field(gt=0, lt=1, description="fraction of the update interval the grown weights train before the prune-back")
+    bound: float | None = Field(gt=0, le=1, description="growth per update is at most this fraction of the layer's "
+                                                        "target count (null: no cap)")
+    prune_after: float = Field(gt=0, le=1, description="fraction of the update interval the grown weights train before "
+                                                      "the prune-back (1: at the next update, just before it grows again)")
+    phases: list[MutationPhase] | None = Field(
+        description="piecewise-constant growth per update (MEST's --mask-update-decay-epoch with --upper-bound); "
+                    "null: ceil(drop_fraction x target), following the drop_fraction schedule")
+
+    @model_validator(mode="after")
+    def _phases_in_order(self):
+        if self.phases is not None:
+            starts = [p.start for p in self.phases]
+            if not starts or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
+                raise ValueError(f"phases: starts must begin at 0 and increase, got {starts}")
+        return self
+
+
+# MEST's own schedule (boone891214/MEST, scripts/resnet32/EM_S/run_mag_prune_irr_sp_EM_S.sh: 160 epochs,
+# --sp-mask-update-freq 5, --mask-update-decay-epoch 90-120, --lower-bound 0.9-0.9-0.9, --upper-bound
+# 0.85-0.875-0.9): every 5 epochs prune each layer back to its target and grow 5% of it (2.5% from epoch
+# 90, none from epoch 120), the new weights training until the next update.
+MEST_PHASES = [{"start": 0.0, "grow": 0.05}, {"start": 90 / 160, "grow": 0.025}, {"start": 120 / 160, "grow": 0.0}]
 
 
 @register("mest")
 class MEST(DynamicSparsity):
-    """MEST (Yuan et al., NeurIPS 2021) with the soft memory bound, as the DST-vs-dense study runs it
-    (landscape §A): at each update first grow min(ceil(r * target), floor(bound * target)) weights per
-    layer (density rises up to 10% above target), let them train for `prune_after` of the interval, then
-    prune each layer back to its exact target by magnitude, new weights included. Random growth (MEST_r;
-    `grow: gradient` gives MEST_g). Schedule: the unified framework's ERK, 1000 steps, r 0.5 cosine.
-    A grow phase is not started when its prune-back would fall after the last step."""
+    """MEST (Yuan et al., NeurIPS 2021), elastic mutation with the soft memory bound (EM&S): at each update
+    grow new weights per layer (density rises above target), let them train for `prune_after` of the
+    interval, then prune each layer back to its exact target by magnitude, new weights included. Preset =
+    MEST's script defaults (MEST_PHASES): every 5 epochs, growth 5% / 2.5% / 0% of the layer at 0 / 56% /
+    75% of training, pruned back at the next update. The DST-vs-dense study's variant (landscape §A) is
+    `update_every: 1000` steps, `memory_bound: {bound: 0.1, prune_after: 0.5, phases: null}`: growth
+    min(ceil(r * target), floor(0.1 * target)) with r the drop_fraction schedule.
+    Random growth (MEST_r; `grow: gradient` gives MEST_g). Pruning is by |w|, as MEST's retrain.py by
+    default (--sp-lmd 0; the paper's score adds lambda |grad|). Updates follow steps 5, 10, ... epochs
+    (MEST also mutates at the start of epoch 0). A grow phase is not started when its prune-back would
+    fall after the last step."""
 
     class Settings(SparsityConfig):
         memory_bound: MemoryBoundConfig = Field(description="MEST's soft memory bound")
 
-    example = {"update_every": 2}
+    example = {"update_every": 2, "update_unit": "steps"}
 
     @classmethod
     def preset(cls, epochs: int) -> dict[str, Any]:
-        return _common(memory_bound={"bound": 0.1, "prune_after": 0.5})
+        return _common(update_every=5, update_unit="epochs",
+                       memory_bound={"bound": None, "prune_after": 1.0, "phases": MEST_PHASES})
 
     def initial_extra(self) -> dict[str, Any]:
         return {"prune_back_at": None}  # step after which the grown weights are pruned back
@@ -215,6 +254,20 @@ class MEST(DynamicSparsity):
 
     def grows_at(self, step: int) -> bool:
         return self.schedule.is_update(step) and step + self._wait(step) <= self.schedule.total_steps - 1
+
+    def growth(self, step: int, target: int, size: int) -> tuple[int, float]:
+        """(weights grown in a layer of `size` with `target` active, the fraction that set it)."""
+        mb = self.settings.memory_bound
+        if mb.phases is not None:
+            progress = (step + 1) / self.schedule.total_steps
+            fraction = [p.grow for p in mb.phases if p.start <= progress][-1]
+            g = math.floor(fraction * size + 0.5)
+        else:
+            fraction = self.schedule.drop_fraction_at(step)
+            g = math.ceil(fraction * target)
+        if mb.bound is not None:
+            g = min(g, math.floor(mb.bound * target))
+        return g, fraction
 
     def on_step(self, step, state, layers, optimizer, grads):
         entries, extra = [], state.extra
@@ -226,18 +279,18 @@ class MEST(DynamicSparsity):
             entries.append(self.apply_counts(step, state, layers, optimizer, grads, counts, event="prune_back",
                                              rate=None))
         if self.grows_at(step):
-            rate = self.schedule.drop_fraction_at(step)
-            bound = self.settings.memory_bound.bound
             active = {l.name: l.active() for l in layers}
-            counts = {}
+            counts, fraction = {}, None
             for layer in self.rewirable(layers, active):
-                target = state.targets[layer.name]
-                g = min(math.ceil(rate * target), math.floor(bound * target), layer.size - active[layer.name])
+                g, fraction = self.growth(step, state.targets[layer.name], layer.size)
+                g = min(g, layer.size - active[layer.name])
                 if g > 0:
                     counts[layer.name] = (0, g)
+            if not counts:  # e.g. MEST's last phase grows nothing: no event, nothing to prune back
+                return entries
             extra["prune_back_at"] = step + self._wait(step)
             targets = state.targets  # the grown weights sit above target until the prune-back
-            entries.append(self.apply_counts(step, state, layers, optimizer, grads, counts, event="grow", rate=rate,
+            entries.append(self.apply_counts(step, state, layers, optimizer, grads, counts, event="grow", rate=fraction,
                                              info={"prune_back_at": extra["prune_back_at"]}))
             state.targets = targets
         return entries
@@ -257,14 +310,19 @@ class GradualConfig(StrictModel):
         return self
 
 
+GRANET_END = 110 / 160  # GraNet's --final-prune-epoch 110 of its 160 CIFAR epochs
+
+
 @register("granet")
 class GraNet(DynamicSparsity):
     """GraNet (Liu et al., NeurIPS 2021): start denser (ERK at `initial_density`), prune globally by
     magnitude along the cubic schedule d_t = d + (d0 - d)(1 - (t - t0)/(t1 - t0))^3 at every update
     between t0 and t1 (and at t1 itself, so the target is met exactly), and at every update also
-    regenerate: drop r * active smallest |w| per layer, regrow as many by dense |grad| (GraNet_g;
-    `grow: gradient`; random gives GraNet_r). Reference code defaults: 1000 steps, r 0.5 cosine; the
-    DST-vs-dense study starts at density 0.8 (landscape §A). t1 = half of training is our default."""
+    regenerate: drop ceil(r * active) smallest |w| per layer, regrow as many by dense |grad| (GraNet_g;
+    `grow: gradient`; random gives GraNet_r). Reference code defaults: 1000 steps, r 0.5 cosine, pruning
+    from epoch 0 to t1 = epoch 110 of 160 (VITA-Group/GraNet main.py argparse: --init-prune-epoch 0,
+    --final-prune-epoch 110), i.e. end_fraction 0.6875; the DST-vs-dense study starts at density 0.8
+    (landscape §A)."""
 
     class Settings(SparsityConfig):
         gradual: GradualConfig = Field(description="GraNet's gradual pruning schedule")
@@ -274,7 +332,7 @@ class GraNet(DynamicSparsity):
     @classmethod
     def preset(cls, epochs: int) -> dict[str, Any]:
         return _common(grow="gradient",
-                       gradual={"initial_density": 0.8, "start_fraction": 0.0, "end_fraction": 0.5})
+                       gradual={"initial_density": 0.8, "start_fraction": 0.0, "end_fraction": GRANET_END})
 
     @classmethod
     def check(cls, settings, density):

@@ -7,6 +7,7 @@ the gradient is taken w.r.t. the input alone, so no parameter gradient is comput
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union
 
@@ -64,6 +65,32 @@ class AttackConfig(StrictModel):
             raise ValueError(f"step: {self.step:.6g} is larger than eps {self.eps:.6g}; every PGD step would jump "
                              "to the box corner (the usual step is eps/4, e.g. 2/255 for 8/255)")
         return self
+
+
+def fast_at_attack(attack: dict) -> dict:
+    """The raw attack block of a `mode: fast` training stage as FGSM-RS (spec §2.1), or a ValueError
+    naming the contradicting keys.
+
+    The recipes' PGD block (step 2/255, steps 10) used to become one 2/255 step: a far weaker attack
+    than Wong et al.'s 1.25*eps, with nothing said. A written step counts as meant for fast AT only next
+    to `kind: fgsm_rs` (or when it is 1.25*eps anyway). Raw values: this runs before field validation,
+    so that the block is never judged as a PGD attack (step > eps is normal for FGSM-RS)."""
+    try:
+        steps = int(attack["steps"]) if "steps" in attack else 1
+        eps = _RATIO.validate_python(attack.get("eps", 8 / 255))
+        step = _RATIO.validate_python(attack["step"]) if "step" in attack else None
+    except (TypeError, ValueError, ValidationError):
+        return attack  # the fields' own validation names the bad value
+    if steps != 1:
+        raise ValueError(f"mode: 'fast' is FGSM-RS (one step of {FGSM_RS_STEP_FACTOR:g}*eps), which contradicts "
+                         f"attack.steps: {attack['steps']} (a PGD attack); drop attack.steps and attack.step, "
+                         "or use mode: pgd")
+    reference = FGSM_RS_STEP_FACTOR * eps
+    if step is not None and "kind" not in attack and not math.isclose(step, reference, rel_tol=1e-6, abs_tol=1e-12):
+        raise ValueError(f"mode: 'fast' uses the FGSM-RS step {FGSM_RS_STEP_FACTOR:g}*eps = {reference * 255:.4g}/255, "
+                         f"which contradicts attack.step: {step * 255:.4g}/255 (a PGD step size); drop attack.step, "
+                         "or write attack.kind: fgsm_rs next to it to train FGSM-RS with that step")
+    return {**attack, "kind": attack.get("kind", "fgsm_rs"), "steps": 1}
 
 
 SPLITS = ("train", "val", "test")

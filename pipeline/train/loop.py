@@ -18,15 +18,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import Field, TypeAdapter, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from pipeline.engine import distributed, store
 from pipeline.metrics.flops import FlopsRecord, InferenceFlops, TrainingFlopsMeter, count_macs, inference_flops
-from pipeline.metrics.attacks import FGSM_RS_STEP_FACTOR, AttackConfig, make_train_attack
+from pipeline.metrics.attacks import AttackConfig, fast_at_attack, make_train_attack
 from pipeline.engine.errors import ConfigError
 from pipeline.data import DataSplits, num_batches, training_batches
 from pipeline.metrics.evaluation import SELECTION_KEYS, evaluate, summarize_history
-from pipeline.engine.schema import Ratio, StrictModel
+from pipeline.engine.schema import StrictModel
 from pipeline.engine.seeding import eval_attack_seed
 from pipeline.train.hooks import TrainingHooks, cpu_state  # noqa: F401  (re-exported)
 from pipeline.train.ddp import DistributedTraining
@@ -84,32 +84,7 @@ class EvalConfig(StrictModel):
 _FAULT_AFTER_STEPS = int(os.environ.get("PIPELINE_FAULT_AFTER_STEPS", "0") or 0)
 _steps_per_stage: dict = {}
 
-_RATIO = TypeAdapter(Ratio)
 _MODE_TO_ATTACK = {"clean": "none", "fast": "fgsm_rs", "pgd": "pgd"}
-
-
-def _fast_attack(attack: dict) -> dict:
-    """The attack block a `mode: fast` stage trains with: FGSM-RS (spec §2.1), or a ValueError naming the keys.
-
-    The recipes' PGD block (step 2/255, steps 10) used to become one 2/255 step: a far weaker attack
-    than Wong et al.'s 1.25*eps, with nothing said. A written step counts as meant for fast AT only next
-    to `kind: fgsm_rs` (or when it is 1.25*eps anyway). Raw values: this runs before field validation,
-    so that the block is never judged as a PGD attack (step > eps is normal for FGSM-RS)."""
-    try:
-        steps = int(attack["steps"]) if "steps" in attack else 1
-        eps = _RATIO.validate_python(attack.get("eps", 8 / 255))
-        step = _RATIO.validate_python(attack["step"]) if "step" in attack else None
-    except (TypeError, ValueError, ValidationError):
-        return attack  # the fields' own validation names the bad value
-    if steps != 1:
-        raise ValueError(f"mode: 'fast' is FGSM-RS (one step of {FGSM_RS_STEP_FACTOR:g}*eps), which contradicts "
-                         f"attack.steps: {attack['steps']} (a PGD attack); drop attack.steps and attack.step, or use mode: pgd")
-    reference = FGSM_RS_STEP_FACTOR * eps
-    if step is not None and "kind" not in attack and not math.isclose(step, reference, rel_tol=1e-6, abs_tol=1e-12):
-        raise ValueError(f"mode: 'fast' uses the FGSM-RS step {FGSM_RS_STEP_FACTOR:g}*eps = {reference * 255:.4g}/255, "
-                         f"which contradicts attack.step: {step * 255:.4g}/255 (a PGD step size); drop attack.step, "
-                         "or write attack.kind: fgsm_rs next to it to train FGSM-RS with that step")
-    return {**attack, "kind": attack.get("kind", "fgsm_rs"), "steps": 1}
 
 
 class TrainingConfig(StrictModel):
@@ -139,7 +114,7 @@ class TrainingConfig(StrictModel):
         # only the user's own attack block is judged: a stage type's default attack is not theirs
         if isinstance(data, dict) and data.get("mode", cls.model_fields["mode"].default) == "fast" \
                 and isinstance(data.get("attack"), dict):
-            data = {**data, "attack": _fast_attack(data["attack"])}
+            data = {**data, "attack": fast_at_attack(data["attack"])}
         return data
 
     @model_validator(mode="after")

@@ -10,7 +10,10 @@ Definitions (spec §1.1):
   training history (`robust_overfitting`); and measured here with this stage's first attack on the two
   kept checkpoints (`robust_overfitting_measured`) when the training stage kept both.
 
-The checkpoint the input stage selected (model.safetensors) gets every attack and the corruptions;
+Security curve (`security_curve:`): RA against eps under PGD-k (and optionally AutoAttack), rules in
+pipeline/metrics/curve_config.py.
+
+The checkpoint the input stage selected (model.safetensors) gets every attack, the corruptions and the curve;
 the other of best/final, when kept, gets SA and the first attack (enough for gap and overfitting).
 """
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pipeline.engine.errors import PipelineError
 from pipeline.engine.stage import Stage, StageConfig
 from pipeline.metrics.attacks import EvalAttack, PGDEvalConfig
 from pipeline.metrics.autoattack import INSTALL_HINT, AutoAttackConfig, find_autoattack, missing_message
+from pipeline.metrics.curve_config import SecurityCurveConfig
 from pipeline.metrics.evaluation import (EvaluationMetrics, SplitScores, checkpoint_figures, checkpoint_gaps,
                                          evaluate_attacks, summarize_selected)
 from pipeline.metrics.flops import FlopsRecord
@@ -47,6 +51,10 @@ class EvaluateConfig(StageConfig):
     corruptions: CorruptionConfig | None = Field(
         default=None, description="corruption robustness, off when unset: {path (published CIFAR-10-C layout), "
         "generate, types, severities, limit, seed, backend: builtin|imagecorruptions, batch_size}")
+    security_curve: SecurityCurveConfig | None = Field(
+        default=None, description="RA against eps, off when unset: {eps: [0, 1/255, ..., 16/255], steps, "
+        "step_factor (step = step_factor * eps / steps), restarts, random_start, split, limit, autoattack: "
+        "{version, n, backend, on_missing, batch_size}}")
 
     @field_validator("attacks", mode="before")
     @classmethod
@@ -111,6 +119,14 @@ class Evaluate(Stage):
         m.density = float(masks.density()) if masks is not None else None
         if cfg.corruptions is not None:
             m.corruption = self._corruptions(ctx, cfg, model, data, selected.which)
+        if cfg.security_curve is not None:
+            from pipeline.metrics.security_curve import security_curve
+
+            curve = cfg.security_curve
+            m.security_curve = security_curve(
+                model, data, curve, limit=limits[curve.split], batch_size=cfg.batch_size, device=ctx.device,
+                seed=ctx.seed, autoattack_skipped=skipped.get("security_curve.autoattack"),
+                log=lambda msg: ctx.log(f"[{ctx.name}] {msg}"))
         ctx.metrics.update(m.to_json())
         ctx.write_json("metrics.json", m.to_json())
         ctx.pass_model_through()
@@ -150,9 +166,10 @@ class Evaluate(Stage):
         if corr["source"] == "generated" and corr["backend"] == "builtin":
             full["parameters"] = generation_parameters(corr["types"])
         ctx.write_json("corruption.json", full)
-        mean15 = "n/a" if corr["mean_acc_15"] is None else f"{corr['mean_acc_15']:.2f}"
-        ctx.log(f"[{ctx.name}] corruptions ({corr['source']}): mean {corr['mean_acc']:.2f}  "
-                f"mean of the 15 standard {mean15}  clean {corr['clean_acc']:.2f}")
+        means = {k: "n/a" if corr[k] is None else f"{corr[k]:.2f}" for k in ("mean_acc_15", "mean_acc_19")}
+        ctx.log(f"[{ctx.name}] corruptions ({corr['source']}): mean of the {len(corr['types'])} types evaluated "
+                f"{corr['mean_acc']:.2f}  15 standard {means['mean_acc_15']}  all 19 {means['mean_acc_19']}  "
+                f"clean {corr['clean_acc']:.2f}")
         return corr
 
     @staticmethod
@@ -163,10 +180,17 @@ class Evaluate(Stage):
         c = cfg.corruptions
         if c is not None and c.path is not None and c.path.is_dir():
             load_published(c.path, c.types)  # reads the layout (labels.npy, one .npy per type) or raises
-        for a in cfg.attacks:
-            if isinstance(a, AutoAttackConfig) and find_autoattack(a.backend) is None:
+        curve = cfg.security_curve
+        wanted = [(a.label(), a) for a in cfg.attacks if isinstance(a, AutoAttackConfig)]
+        if curve is not None and curve.autoattack is not None:
+            from pipeline.metrics.security_curve import autoattack_at
+
+            wanted.append(("security_curve.autoattack", autoattack_at(curve, max(curve.eps) or 8 / 255)))
+        for label, a in wanted:
+            if find_autoattack(a.backend) is None:
                 if a.on_missing == "error":
-                    raise PipelineError(missing_message(a))
-                skipped[a.label()] = f"not installed; install with: {INSTALL_HINT}"
-                ctx.log(f"[{ctx.name}] skipping {a.label()}: not installed")
+                    raise PipelineError(("security_curve.autoattack: " if label == "security_curve.autoattack" else "")
+                                        + missing_message(a))
+                skipped[label] = f"not installed; install with: {INSTALL_HINT}"
+                ctx.log(f"[{ctx.name}] skipping {'AutoAttack on the security curve' if label == 'security_curve' else label}: not installed")
         return skipped

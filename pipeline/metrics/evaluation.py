@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.metrics.attacks import SPLITS, AttackConfig, advertorch_pgd
+from pipeline.metrics.curve_config import SecurityCurve
 from pipeline.engine import distributed
 from pipeline.engine.errors import CheckpointError, ConfigError, DataError, PipelineError
 from pipeline.engine.seeding import derive_seed
@@ -294,7 +295,8 @@ class EvaluationMetrics:
     """The metrics of an evaluate stage, stored flat in stage.json `metrics` (and metrics.json):
     `{split}_{sa,n,loss,ra,robust_loss}` of the selected checkpoint under the first attack, its gaps,
     every attack in `ra`, each judged checkpoint in `checkpoints`, the training history's summary as
-    `history_*`, and the overfitting, per-checkpoint gaps, density and corruption figures."""
+    `history_*`, the overfitting, per-checkpoint gaps, density and corruption figures, and the security
+    curve (RA against eps) when one was asked for."""
 
     SECTION: ClassVar[str] = "metrics"
 
@@ -312,6 +314,7 @@ class EvaluationMetrics:
     robust_gap_final: float | None = None
     density: float | None = None
     corruption: dict | None = None
+    security_curve: SecurityCurve | None = None
 
     def split(self, name: str) -> SplitScores | None:
         return self.splits.get(name)
@@ -326,6 +329,8 @@ class EvaluationMetrics:
         m.update({"attack": self.attack, "ra": self.ra, "checkpoints": self.checkpoints})
         m.update({f"history_{k}": v for k, v in self.history.items()})
         m.update({k: getattr(self, k) for k in _TAIL if getattr(self, k) is not None})
+        if self.security_curve is not None:
+            m["security_curve"] = self.security_curve.to_json()
         return m
 
     @classmethod
@@ -341,6 +346,8 @@ class EvaluationMetrics:
             split, _, rest = key.partition("_")
             if key in plain:
                 kwargs[key] = value
+            elif key == "security_curve":
+                kwargs[key] = SecurityCurve.from_json(value, f"{where}.security_curve")
             elif key.startswith("history_") and key[8:] in _SUMMARY_KEYS:
                 kwargs["history"][key[8:]] = value
             elif split in SPLITS and rest in _SPLIT_FIELDS:

@@ -64,7 +64,8 @@ def sparse_config() -> dict:
            "eval": full_val, "precision": "bf16", "channels_last": True,
            "sparsity": {"update_every": 4, "second_update_every": 4, "adaptive": {"start_epoch": 1, "window": 1}}}
     ev = {**ev, "input": "finetune",
-          "corruptions": {"generate": True, "types": ["gaussian_noise", "contrast"], "severities": [1, 3, 5], "limit": 32}}
+          "corruptions": {"generate": True, "types": ["gaussian_noise", "contrast"], "severities": [1, 3, 5], "limit": 32},
+          "security_curve": {"eps": [0, "4/255", "8/255"], "steps": 3}}
     cfg["stages"] = [eb, {**ft, "input": "eb"}, fbp, ev, export, runtime]
     return cfg
 
@@ -91,7 +92,8 @@ def test_report_of_a_real_sparse_run_through_the_cli(real_run):
     pngs = {p.name for p in check_plots(report)}
     assert pngs == {"eb_accuracy.png", "finetune_accuracy.png", "fbp_accuracy.png", "eb_density.png",
                     "fbp_density.png", "eb_early_bird.png", "fbp_updates.png", "flops.png",
-                    "runtime_check_latency.png", "evaluate_corruption.png", "runtime_check_deployment.png"}
+                    "runtime_check_latency.png", "evaluate_corruption.png", "runtime_check_deployment.png",
+                    "evaluate_security_curve.png"}
     assert "dense baseline = fresh small_cnn of the same shapes" in text  # no dense_warmup stage in this run
     for stage in ("eb", "finetune", "fbp", "evaluate", "export", "runtime_check"):
         assert f"| `{stage}` |" in text
@@ -102,7 +104,20 @@ def test_report_of_a_real_sparse_run_through_the_cli(real_run):
     accs = corr["per"]["contrast"]
     assert f"| contrast | {accs[0]:.1f} | {accs[1]:.1f} | {accs[2]:.1f} | {sum(accs) / 3:.1f} |" in text
     assert "| corruption | severity 1 | severity 3 | severity 5 | mean |" in text
-    assert f"mean over all corruptions and severities {corr['mean_acc']:.2f} %" in text
+    assert f"mean over all corruptions and severities evaluated {corr['mean_acc']:.2f} %" in text
+    # 2 of the 15 standard types, 3 of 5 severities, generated: every marker, each explained once
+    standard = (sum(corr["per"]["gaussian_noise"]) + sum(accs)) / 6
+    assert f"15-type mean (RobustBench) {standard:.2f}*†‡ % (2 of 15 types)" in text and "19-type mean" not in text
+    assert "* generated from the test split, not the published CIFAR-10-C images." in text
+    assert "‡ fewer than the 5 severities" in text and "† fewer corruption types than the column names" in text
+    # the security curve: at eps 0 the clean accuracy of the same test images, so exactly the stage's SA
+    curve = ev["security_curve"]
+    assert [p["eps"] for p in curve["points"]] == [0.0, 4 / 255, 8 / 255] and curve["n"] == ev["test_n"]
+    assert curve["points"][0]["pgd"] == ev["test_sa"]
+    assert curve["rule"] == "step = 2.5 * eps / 3" and curve["points"][2]["step"] == pytest.approx(2.5 * 8 / 255 / 3)
+    pts = " | ".join(f"{p['pgd']:.2f}" for p in curve["points"])
+    assert f"| evaluate | PGD-3 (step = 2.5 * eps / 3) | {pts} | {ev['test_n']} | test |" in text
+    assert "| run | attack | ε 0/255 | ε 4/255 | ε 8/255 | n | split |" in text
     eb = rec(real_run, "eb")
     assert f"the early bird was drawn at epoch {eb['early_bird']['epoch']}" in text
     assert f"overall density {eb['sparsity']['density']:.4f}" in text

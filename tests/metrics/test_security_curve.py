@@ -1,0 +1,74 @@
+"""Security curves: the config's rules, the step rule, and a known answer on a constructed model whose
+robust accuracy at each eps is exact (a brightness classifier: an image survives iff its mean is farther
+than eps from the decision boundary)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from pipeline.engine.errors import CheckpointError
+from pipeline.metrics.curve_config import DEFAULT_EPS, SecurityCurve, SecurityCurveConfig
+from pipeline.metrics.evaluation import EvaluationMetrics, SplitScores
+from pipeline.metrics.security_curve import security_curve
+
+
+class Brightness(nn.Module):
+    """Class 1 iff the mean pixel is above 0.5."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(10.0))
+
+    def forward(self, x):
+        m = (x.mean(dim=(1, 2, 3)) - 0.5) * self.scale
+        return torch.stack([-m, m], dim=1)
+
+
+MEANS = torch.tensor([0.2, 0.48, 0.49, 0.52, 0.53, 0.8])  # distances to 0.5: .3 .02 .01 .02 .03 .3
+DATA = SimpleNamespace(test_x=MEANS.view(-1, 1, 1, 1).expand(-1, 1, 4, 4).contiguous(), test_y=(MEANS > 0.5).long())
+
+
+def test_config_rules_and_step_rule():
+    cfg = SecurityCurveConfig(eps=["16/255", 0, "1/255"], steps=10)
+    assert cfg.eps == [0.0, 1 / 255, 16 / 255]  # sorted; "k/255" strings accepted
+    assert cfg.step(8 / 255) == pytest.approx(2.5 * (8 / 255) / 10) and cfg.rule() == "step = 2.5 * eps / 10"
+    assert SecurityCurveConfig().eps == list(DEFAULT_EPS) and SecurityCurveConfig().autoattack is None
+    assert SecurityCurveConfig(autoattack={}).autoattack.n == 10000  # RobustBench's default
+    with pytest.raises(ValidationError, match="write 8/255, not 8"):
+        SecurityCurveConfig(eps=[0, 8])
+    with pytest.raises(ValidationError, match="distinct"):
+        SecurityCurveConfig(eps=["8/255", 8 / 255])
+    with pytest.raises(ValidationError, match="step_factor: 2.5 / steps 2 gives a step larger than eps"):
+        SecurityCurveConfig(steps=2)
+    with pytest.raises(ValidationError, match="extra"):
+        SecurityCurveConfig(autoattack={"eps": 0.1})  # eps comes from the curve's list
+
+
+def test_known_answer_on_a_brightness_classifier():
+    cfg = SecurityCurveConfig(eps=[0, 0.015, 0.025, 0.1], steps=5)
+    curve = security_curve(Brightness(), DATA, cfg, limit=None, batch_size=4, device="cpu", seed=0)
+    # eps 0: the clean accuracy; then the images farther than eps from 0.5 survive: 5, 3, 2 of 6
+    assert [p.pgd for p in curve.points] == [100.0, pytest.approx(500 / 6), 50.0, pytest.approx(200 / 6)]
+    assert [p.step for p in curve.points] == [0.0, pytest.approx(0.0075), pytest.approx(0.0125), pytest.approx(0.05)]
+    assert curve.n == 6 and curve.split == "test" and curve.label() == "PGD-5"
+    limited = security_curve(Brightness(), DATA, cfg, limit=3, batch_size=4, device="cpu", seed=0)
+    assert limited.n == 3 and [p.pgd for p in limited.points] == [100.0, pytest.approx(200 / 3), pytest.approx(100 / 3), pytest.approx(100 / 3)]
+
+
+def test_record_round_trip_through_the_metrics():
+    curve = security_curve(Brightness(), DATA, SecurityCurveConfig(eps=[0, 0.1], steps=4), limit=None,
+                           batch_size=8, device="cpu", seed=0)
+    m = EvaluationMetrics(checkpoint="best", splits={"test": SplitScores(6, 100.0, 0.1)}, attack={}, ra={},
+                          checkpoints={}, security_curve=curve)
+    flat = m.to_json()
+    assert flat["security_curve"]["points"][1] == {"eps": 0.1, "pgd": pytest.approx(200 / 6), "step": 0.0625}
+    assert EvaluationMetrics.from_json(flat) == m
+    bad = {**flat["security_curve"], "points": [{**flat["security_curve"]["points"][0], "ra": 1.0}]}
+    with pytest.raises(CheckpointError, match=r"metrics.security_curve.points\[0\]: unknown key\(s\) ra"):
+        EvaluationMetrics.from_json({**flat, "security_curve": bad})
+    with pytest.raises(CheckpointError, match="missing key"):
+        SecurityCurve.from_json({"split": "test", "points": []})

@@ -138,8 +138,10 @@ def training(args: argparse.Namespace, *, mode: Literal["clean", "fast", "pgd"] 
         "eval": ev, "select": select, "progress_every_steps": 200, "max_steps_per_epoch": args.limit_steps,
         "precision": "bf16" if args.device == "cuda" else "fp32",
     }
-    if mode != "clean":
+    if mode == "pgd":
         block["attack"] = {"eps": "8/255", "step": "2/255", "steps": 2 if smoke(args) else 10}
+    elif mode == "fast":  # FGSM-RS: one step of 1.25 * eps (a PGD step here is a config error)
+        block["attack"] = {"eps": "8/255"}
     return block
 
 

@@ -379,6 +379,12 @@ def _training_sanity(st, where: str, warnings: list[str]) -> list[str]:
         if getattr(opt, "weight_decay", 0) > MAX_WEIGHT_DECAY:
             problems.append(f"{where}.optimizer.weight_decay: {opt.weight_decay:g} would shrink the weights to "
                             f"nothing (at most {MAX_WEIGHT_DECAY:g}; the papers use 5e-4)")
+    if getattr(st, "mode", None) == "fast" and sched is not None and sched.kind != "cyclic" \
+            and "schedule" not in st.model_fields_set:
+        # early_bird defaults fast AT to the reference's cyclic lr; elsewhere the default is only said
+        warnings.append(f"{where}.schedule: mode 'fast' trains with this stage's default {sched.kind} schedule; "
+                        "FGSM-RS fast AT (Wong et al., spec §2.1) uses schedule: {kind: cyclic, peak_fraction: 0.4} "
+                        "with optimizer.lr: 0.2")
     if sched is not None and isinstance(epochs, int) and getattr(sched, "kind", None) == "multistep":
         late = [m for m in sched.milestones if m >= epochs]
         if late:

@@ -72,3 +72,38 @@ def test_record_round_trip_through_the_metrics():
         EvaluationMetrics.from_json({**flat, "security_curve": bad})
     with pytest.raises(CheckpointError, match="missing key"):
         SecurityCurve.from_json({"split": "test", "points": []})
+
+
+def test_autoattack_per_point_with_its_own_n(monkeypatch):
+    import sys
+
+    from tests.stages.test_evaluate_stage import fake_reference
+
+    got: dict = {}
+    monkeypatch.setitem(sys.modules, "autoattack", fake_reference(got))
+    cfg = SecurityCurveConfig(eps=[0, 0.015, 0.025], steps=5, autoattack={"n": 4})
+    curve = security_curve(Brightness(), DATA, cfg, limit=None, batch_size=4, device="cpu", seed=0)
+    # the fake pushes each image eps towards the boundary: of the first 4, those farther than eps survive
+    assert [p.autoattack for p in curve.points] == [100.0, 75.0, 25.0]
+    assert [p.autoattack_n for p in curve.points] == [4, 4, 4] and got["eps"] == 0.025 and got["n"] == 4
+    assert curve.autoattack == {"version": "standard", "n": 4, "backend": "autoattack"}
+    assert [p.pgd for p in curve.points] == [100.0, pytest.approx(500 / 6), 50.0]  # PGD on all 6
+
+
+def test_missing_autoattack_for_the_curve_fails_before_work_or_is_skipped(monkeypatch):
+    import sys
+
+    from pipeline.engine.errors import PipelineError
+    from stages.evaluate import Evaluate, EvaluateConfig
+
+    monkeypatch.setitem(sys.modules, "autoattack", None)
+    monkeypatch.setitem(sys.modules, "pyautoattack", None)
+    ctx = SimpleNamespace(name="evaluate", log=lambda msg: None)
+    cfg = EvaluateConfig(name="e", type="evaluate", security_curve={"autoattack": {}})
+    with pytest.raises(PipelineError, match=r"security_curve.autoattack: .*pip install git\+https://github.com/fra31"):
+        Evaluate._preflight(cfg, ctx)
+    cfg = EvaluateConfig(name="e", type="evaluate", security_curve={"autoattack": {"on_missing": "skip"}})
+    skipped = Evaluate._preflight(cfg, ctx)
+    curve = security_curve(Brightness(), DATA, cfg.security_curve.model_copy(update={"eps": [0, 0.1]}), limit=None,
+                           batch_size=4, device="cpu", seed=0, autoattack_skipped=skipped["security_curve.autoattack"])
+    assert curve.autoattack["skipped"].startswith("not installed") and all(p.autoattack is None for p in curve.points)

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from pipeline.engine.errors import CheckpointError
+from pipeline.metrics.autoattack import AutoAttackConfig
 from pipeline.metrics.curve_config import DEFAULT_EPS, SecurityCurve, SecurityCurveConfig
 from pipeline.metrics.evaluation import EvaluationMetrics, SplitScores
 from pipeline.metrics.security_curve import security_curve
@@ -38,6 +39,7 @@ def test_config_rules_and_step_rule():
     assert cfg.step(8 / 255) == pytest.approx(2.5 * (8 / 255) / 10) and cfg.rule() == "step = 2.5 * eps / 10"
     assert SecurityCurveConfig().eps == list(DEFAULT_EPS) and SecurityCurveConfig().autoattack is None
     assert SecurityCurveConfig(autoattack={}).autoattack.n == 10000  # RobustBench's default
+    assert AutoAttackConfig().n == 10000  # and for the evaluate stage's own AutoAttack
     with pytest.raises(ValidationError, match="write 8/255, not 8"):
         SecurityCurveConfig(eps=[0, 8])
     with pytest.raises(ValidationError, match="distinct"):

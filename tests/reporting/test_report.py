@@ -256,6 +256,7 @@ def test_report_of_a_hand_built_run_shows_attacks_checkpoints_corruptions_and_fb
     assert "| final | 8 | 69.00 | 50.00 | 64.00 | 14.00 | 20.00 |" in text
     assert "robust overfitting measured here: test RA of the best checkpoint − of the final one: -1.50 pp" in text
     assert "| gaussian noise | 80.0 | 75.0 | 70.0 | 65.0 | 60.0 | 70.0 |" in text
+    assert "| Corruption mean (15) | 72.50*† |" in text and "Corruption mean (19)" not in text  # 2 standard types
     assert "| cuda | skipped |" in text
     assert "From `updates.jsonl` (8 updates); 236 connections changed in all" in text  # 40 + 37 + ... + 19
     assert "2 update(s) pruned or grew extra on the Flying Bird+ signals" in text
@@ -293,3 +294,22 @@ def test_series_readers_hand_checked():
 def test_not_a_run_directory_is_a_clear_error(tmp_path):
     proc = run_cli("report", str(tmp_path))
     assert proc.returncode != 0 and "not a run directory" in proc.stderr
+
+
+def test_security_curve_table_with_autoattack_rows():
+    from pipeline.metrics.curve_config import CurvePoint, SecurityCurve
+    from pipeline.reporting.curves import curve_table
+
+    attack = {"kind": "pgd", "steps": 10, "step_factor": 2.5, "restarts": 1, "random_start": True}
+    ran = SecurityCurve(split="test", n=500, attack=attack, rule="step = 2.5 * eps / 10",
+                        points=[CurvePoint(0.0, 90.0, 0.0, 90.0, 100), CurvePoint(8 / 255, 40.0, 0.00784, 35.5, 100)],
+                        autoattack={"version": "standard", "n": 100, "backend": "autoattack"})
+    skipped = SecurityCurve(split="test", n=500, attack=attack, rule="step = 2.5 * eps / 10",
+                            points=[CurvePoint(0.0, 80.0, 0.0), CurvePoint(4 / 255, 50.0, 0.00392)],
+                            autoattack={"version": "standard", "skipped": "not installed"})
+    lines = curve_table({"a": ran, "b": skipped}).splitlines()
+    assert lines[0] == "| run | attack | ε 0/255 | ε 4/255 | ε 8/255 | n | split |"
+    assert lines[2:] == ["| a | PGD-10 (step = 2.5 * eps / 10) | 90.00 | — | 40.00 | 500 | test |",
+                         "| a | AutoAttack standard | 90.00 | — | 35.50 | 100 | test |",
+                         "| b | PGD-10 (step = 2.5 * eps / 10) | 80.00 | 50.00 | — | 500 | test |",
+                         "| b | AutoAttack standard: skipped (not installed) | — | — | — | — | test |"]

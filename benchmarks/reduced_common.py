@@ -201,7 +201,10 @@ def flying_bird(args: argparse.Namespace, *, density: float, plus: bool = False)
     if plus:
         sparsity["adaptive"] = {"start_epoch": half}
     key = "flying_bird_plus" if plus else "flying_bird"
-    stage = {"name": key, "type": "rewire", "method": key, "density": density, **training(args),
+    train = training(args)
+    if plus:  # FB+ reads its signals on the whole val split (the engine refuses val_limit), smoke runs too
+        train["eval"].pop("val_limit", None)
+    stage = {"name": key, "type": "rewire", "method": key, "density": density, **train,
              "sparsity": sparsity}
     return Model(key, "FB+" if plus else "FB", [stage, evaluate_stage(args, key)])
 

@@ -26,6 +26,9 @@ from pipeline.engine.stage import Stage, StageConfig
 from pipeline.train.loop import ScheduleConfig, TrainingConfig, train
 
 
+FAST_PEAK_LR, FAST_PEAK_FRACTION = 0.2, 0.4  # spec §2.1, `--stage1 fast`
+
+
 class PruneCriterion(CriterionConfig):
     scope: Scope = Field(default="conv_linear", description="pruned weights: conv and linear (the reference), or conv")
 
@@ -42,6 +45,16 @@ class EarlyBirdConfig(StageConfig, TrainingConfig):
     rewind_to: str | None = Field(default=None, pattern=r"^(init|epoch_[1-9][0-9]*)$",
                                   description="null: the emergence epoch's weights; init: the starting weights; epoch_N: after N epochs")
     on_no_emergence: Literal["use_last", "fail"] = Field(default="use_last", description="masks never settled: warn and use the last epoch, or fail")
+
+    @model_validator(mode="after")
+    def _fast_at_cyclic_lr(self):
+        # spec §2.1: RB stage 1 with fast AT follows Wong et al.'s cyclic lr 0 -> 0.2 -> 0 peaking at 2/5
+        # of the run; the multistep default belongs to clean/PGD search. A written schedule (or lr) is kept.
+        if self.mode == "fast" and "schedule" not in self.model_fields_set:
+            object.__setattr__(self, "schedule", ScheduleConfig(kind="cyclic", peak_fraction=FAST_PEAK_FRACTION))
+            if "optimizer" not in self.model_fields_set or "lr" not in self.optimizer.model_fields_set:
+                object.__setattr__(self, "optimizer", self.optimizer.model_copy(update={"lr": FAST_PEAK_LR}))
+        return self
 
     @model_validator(mode="after")
     def _rewind_within_training(self):

@@ -73,6 +73,20 @@ class RewireConfig(StageConfig, TrainingConfig):
         return validate_sparsity(method, value, epochs=info.data.get("epochs"))
 
     @model_validator(mode="after")
+    def _fbp_signals_every_epoch(self):
+        # The reference reads FB+'s signals every epoch on the full val split; with every > 1 its "last 4
+        # differences" would span 4 * every epochs, with val_limit they would come from a subset. Refusing is
+        # simpler and more honest than a second, signal-only evaluation schedule.
+        if self.method == "flying_bird_plus":
+            bad = ([f"eval.every: {self.eval.every}"] if self.eval.every != 1 else []) + \
+                  ([f"eval.val_limit: {self.eval.val_limit}"] if self.eval.val_limit is not None else [])
+            if bad:
+                raise ValueError(f"method: 'flying_bird_plus' reads its signals every epoch on the full validation "
+                                 f"split (as the reference), which contradicts {' and '.join(bad)}; set eval.every: 1 "
+                                 "and drop eval.val_limit (or shrink data.val_size)")
+        return self
+
+    @model_validator(mode="after")
     def _method_checks(self):
         if self.sparsity is not None and self.method in METHODS:
             try:

@@ -59,7 +59,9 @@ def sparse_config() -> dict:
     train = {k: v for k, v in warm.items() if k not in ("name", "type", "mode")}
     eb = {"name": "eb", "type": "early_bird", **train, "mode": "clean", "epochs": 3, "density": 0.3, "window": 2,
           "threshold": 0.5, "schedule": {"kind": "multistep", "milestones": [1], "gamma": 0.1}}
+    full_val = {k: v for k, v in train["eval"].items() if k != "val_limit"}  # FB+ reads its signals on all of val
     fbp = {"name": "fbp", "type": "rewire", "method": "flying_bird_plus", "density": 0.3, **train, "epochs": 3,
+           "eval": full_val, "precision": "bf16", "channels_last": True,
            "sparsity": {"update_every": 4, "second_update_every": 4, "adaptive": {"start_epoch": 1, "window": 1}}}
     ev = {**ev, "input": "finetune",
           "corruptions": {"generate": True, "types": ["gaussian_noise", "contrast"], "severities": [1, 3, 5], "limit": 32},
@@ -128,6 +130,10 @@ def test_report_of_a_real_sparse_run_through_the_cli(real_run):
     assert f"{fb['sparsity']['ever_active']:.2%} of the prunable weights were active" in text
     assert "## Resolved config" in text and "type: rewire" in text
     assert "PGD-3, eps 8/255, step 2/255" in text
+    # each training stage's resolved numerics: in its stage.json and in the report
+    assert (rec(real_run, "eb")["config"]["precision"], fb["config"]["precision"]) == ("fp32", "bf16")
+    assert text.count("Trained in fp32.") == 2  # eb and finetune
+    assert "Trained under bf16 autocast (forward, backward and training attack; evaluation in fp32), channels_last." in text
 
 
 def test_report_is_repeatable_and_out_elsewhere(real_run, tmp_path):

@@ -36,10 +36,21 @@ def training_curves(rep) -> None:
                  + (f" under {attack_text(ev['attack'])}" if ev.get("attack") else "")
                  + (f" on n = {n_text} images" if n_text else
                     f" on the first {ev['val_limit']} val / {ev.get('test_limit') or 'all'} test images"
-                    if ev.get("val_limit") else "") + ".")
+                    if ev.get("val_limit") else "") + "." + _numerics(st.config))
         path = plots.accuracy_curves(history, rep.plot_path(f"{st.name}_accuracy"),
                                      title=f"{st.name} ({st.type}): accuracy per epoch",
                                      train_label=train_label(st.config), best_epoch=best_epoch)
         rep.add(f"### `{st.name}`")
         rep.add(line)
         rep.image(path, f"{st.name} accuracy per epoch")
+
+
+def _numerics(config: dict) -> str:
+    """The training numerics as resolved (absent in records older than the `precision` key)."""
+    precision = config.get("precision")
+    if precision is None:
+        return ""
+    if precision == "bf16":
+        return (" Trained under bf16 autocast (forward, backward and training attack; evaluation in fp32)"
+                + (", channels_last." if config.get("channels_last") else "."))
+    return f" Trained in {precision}."

@@ -127,6 +127,7 @@ def test_sparse_run_beside_a_dense_one_adds_density_attacks_and_corruption(two_r
     assert fb["robust_gap"] == 14.0 and fb["gap_checkpoint"] == "final" and fb["robust_gap_running_train"] == 20.0
     assert fb["corruption_mean_acc"] == 70.0 and fb["corruption_mean_15"] == 72.5  # (70 + 75) / 2 from `per`
     assert fb["ra_autoattack"] == 44.0 and fb["best_epoch"] == 5
+    assert "| 44.00 (n = 1,000) |" in text  # every RA figure states the images it was measured on
     assert fb["ra_best"] == 55.0 and fb["ra_final"] == 50.5 and fb["ra_diff"] == pytest.approx(4.5)
     gap_dense = dense["robust_gap"]
     arrow = "↓" if 14.0 < gap_dense else "↑"

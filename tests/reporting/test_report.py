@@ -234,8 +234,8 @@ def build_sparse_run(run: Path) -> Path:
            metrics={"checkpoint": "best", "train_ra": 60.0, "test_ra": 48.5, "train_sa": 80.0, "test_sa": 66.0,
                     "test_n": 100, "train_n": 100, "train_loss": 0.6, "test_loss": 0.9, "robust_gap": 11.5, "robust_gap_running_train": 20.0, "attack": pgd,
                     "ra": {"pgd20": {"test": 48.5, "val": 50.0, "train": 60.0, "attack": pgd},
-                           "autoattack": {"test": 44.0, "attack": {"kind": "autoattack", "eps": 8 / 255,
-                                                                   "version": "standard"}}},
+                           "autoattack": {"test": 44.0, "n": {"test": 1000},
+                                          "attack": {"kind": "autoattack", "eps": 8 / 255, "version": "standard"}}},
                     "checkpoints": {"best": best, "final": final}, "robust_gap_best": 11.5, "robust_gap_final": 14.0,
                     "robust_overfitting": 4.5, "robust_overfitting_measured": -1.5, "corruption": corruption})
     ok = {"status": "ok", "per_batch": {"1": {"median_ms": 0.5, "p90_ms": 0.7, "p99_ms": 0.9, "throughput_img_s": 2000.0},
@@ -257,7 +257,7 @@ def test_report_of_a_hand_built_run_shows_attacks_checkpoints_corruptions_and_fb
                      "eb_early_bird.png", "evaluate_corruption.png", "flops.png", "runtime_check_latency.png"}
     assert "the early bird was drawn at epoch 5" in text and "threshold 0.08" in text
     assert "Best val RA at epoch 5: test RA 55.00 (final 50.50, robust overfitting 4.50 pp)" in text
-    assert "| autoattack | 44.00 |" in text and "| pgd20 | 48.50 | 50.00 | 60.00 |" in text
+    assert "| autoattack | 44.00 | — | — | test 1,000 |" in text and "| pgd20 | 48.50 | 50.00 | 60.00 |" in text
     assert "| best | 5 | 66.00 | 48.50 | 60.00 | 11.50 | 20.00 |" in text
     assert "| final | 8 | 69.00 | 50.00 | 64.00 | 14.00 | 20.00 |" in text
     assert "robust overfitting measured here: test RA of the best checkpoint − of the final one: -1.50 pp" in text

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from pipeline.engine.errors import ConfigError
 from pipeline.metrics.attacks import PGDEvalConfig
 from pipeline.metrics.autoattack import AutoAttackConfig, run_autoattack
 from pipeline.metrics.curve_config import CurvePoint, SecurityCurve, SecurityCurveConfig
@@ -28,6 +29,8 @@ def security_curve(model: nn.Module, data, cfg: SecurityCurveConfig, *, limit: i
     runs on its own first `n` images (stated per point) unless `autoattack_skipped` gives the reason it
     cannot run."""
     x, y = getattr(data, f"{cfg.split}_x"), getattr(data, f"{cfg.split}_y")
+    if len(y) == 0:
+        raise ConfigError(f"security_curve.split: the {cfg.split} split is empty; use split: test")
     limit = cfg.limit or limit
     clean = evaluate(model, x, y, batch_size=batch_size, device=device, limit=limit)
     with_aa = cfg.autoattack is not None and autoattack_skipped is None

@@ -10,7 +10,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from pipeline.engine.errors import CheckpointError
+from pipeline.engine.errors import CheckpointError, ConfigError
 from pipeline.metrics.autoattack import AutoAttackConfig
 from pipeline.metrics.curve_config import DEFAULT_EPS, SecurityCurve, SecurityCurveConfig
 from pipeline.metrics.evaluation import EvaluationMetrics, SplitScores
@@ -57,6 +57,9 @@ def test_known_answer_on_a_brightness_classifier():
     assert [p.pgd for p in curve.points] == [100.0, pytest.approx(500 / 6), 50.0, pytest.approx(200 / 6)]
     assert [p.step for p in curve.points] == [0.0, pytest.approx(0.0075), pytest.approx(0.0125), pytest.approx(0.05)]
     assert curve.n == 6 and curve.split == "test" and curve.label() == "PGD-5"
+    with pytest.raises(ConfigError, match="security_curve.split: the val split is empty"):
+        security_curve(Brightness(), SimpleNamespace(val_x=DATA.test_x[:0], val_y=DATA.test_y[:0]),
+                       cfg.model_copy(update={"split": "val"}), limit=None, batch_size=4, device="cpu", seed=0)
     limited = security_curve(Brightness(), DATA, cfg, limit=3, batch_size=4, device="cpu", seed=0)
     assert limited.n == 3 and [p.pgd for p in limited.points] == [100.0, pytest.approx(200 / 3), pytest.approx(100 / 3), pytest.approx(100 / 3)]
 

@@ -15,9 +15,7 @@ from pipeline.metrics.evaluation import evaluate
 
 
 def autoattack_at(cfg: SecurityCurveConfig, eps: float) -> AutoAttackConfig:
-    a = cfg.autoattack
-    return AutoAttackConfig(version=a.version, eps=eps, n=a.n, backend=a.backend, on_missing=a.on_missing,
-                            batch_size=a.batch_size, splits=[cfg.split])
+    return cfg.autoattack.model_copy(update={"eps": eps, "splits": [cfg.split]})
 
 
 def security_curve(model: nn.Module, data, cfg: SecurityCurveConfig, *, limit: int | None, batch_size: int,

@@ -46,8 +46,10 @@ def test_config_rules_and_step_rule():
         SecurityCurveConfig(eps=["8/255", 8 / 255])
     with pytest.raises(ValidationError, match="step_factor: 2.5 / steps 2 gives a step larger than eps"):
         SecurityCurveConfig(steps=2)
-    with pytest.raises(ValidationError, match="extra"):
-        SecurityCurveConfig(autoattack={"eps": 0.1})  # eps comes from the curve's list
+    with pytest.raises(ValidationError, match="eps, norm: set by the curve"):
+        SecurityCurveConfig(autoattack={"eps": 0.1, "norm": "L2"})  # L-inf, eps from the curve's list
+    resolved = SecurityCurveConfig(autoattack={"n": 500}).model_dump(mode="json")
+    assert SecurityCurveConfig(**resolved).autoattack.n == 500  # the resolved config validates again
 
 
 def test_known_answer_on_a_brightness_classifier():

@@ -110,7 +110,8 @@ class SecurityCurve(Section):
             points = [CurvePoint.from_json(p, f"{where}.points[{i}]") for i, p in enumerate(data["points"])]
             return super().from_json({**data, "points": points}, where)
         if isinstance(data, dict) and "points" in data:
-            raise CheckpointError(f"{where or cls.SECTION}.points: expected a list, got {type(data['points']).__name__}")
+            raise CheckpointError(f"{where or cls.SECTION}.points: expected a list, "
+                                  f"got {type(data['points']).__name__}")
         return super().from_json(data, where)
 
     def label(self) -> str:

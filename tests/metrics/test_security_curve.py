@@ -101,7 +101,7 @@ def test_missing_autoattack_for_the_curve_fails_before_work_or_is_skipped(monkey
     import sys
 
     from pipeline.engine.errors import PipelineError
-    from stages.evaluate import Evaluate, EvaluateConfig
+    from stages.evaluate import CURVE_AA, Evaluate, EvaluateConfig
 
     monkeypatch.setitem(sys.modules, "autoattack", None)
     monkeypatch.setitem(sys.modules, "pyautoattack", None)
@@ -112,5 +112,5 @@ def test_missing_autoattack_for_the_curve_fails_before_work_or_is_skipped(monkey
     cfg = EvaluateConfig(name="e", type="evaluate", security_curve={"autoattack": {"on_missing": "skip"}})
     skipped = Evaluate._preflight(cfg, ctx)
     curve = security_curve(Brightness(), DATA, cfg.security_curve.model_copy(update={"eps": [0, 0.1]}), limit=None,
-                           batch_size=4, device="cpu", seed=0, autoattack_skipped=skipped["security_curve.autoattack"])
+                           batch_size=4, device="cpu", seed=0, autoattack_skipped=skipped[CURVE_AA])
     assert curve.autoattack["skipped"].startswith("not installed") and all(p.autoattack is None for p in curve.points)

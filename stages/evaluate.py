@@ -37,6 +37,9 @@ from pipeline.metrics.flops import FlopsRecord
 from pipeline.train.checkpoints import CheckpointsRecord, kept_checkpoints
 
 
+CURVE_AA = "security_curve.autoattack"  # the key of the curve's AutoAttack among the skipped attacks
+
+
 class EvaluateConfig(StageConfig):
     attacks: list[EvalAttack] | None = Field(
         default=None, description="evaluation attacks, each reported with its parameters in metrics['ra']: "
@@ -133,7 +136,7 @@ class Evaluate(Stage):
             curve = cfg.security_curve
             m.security_curve = security_curve(
                 model, data, curve, limit=limits[curve.split], batch_size=cfg.batch_size, device=ctx.device,
-                seed=ctx.seed, autoattack_skipped=skipped.get("security_curve.autoattack"),
+                seed=ctx.seed, autoattack_skipped=skipped.get(CURVE_AA),
                 log=lambda msg: ctx.log(f"[{ctx.name}] {msg}"))
         ctx.metrics.update(m.to_json())
         ctx.write_json("metrics.json", m.to_json())
@@ -191,14 +194,11 @@ class Evaluate(Stage):
         curve = cfg.security_curve
         wanted = [(a.label(), a) for a in cfg.attacks if isinstance(a, AutoAttackConfig)]
         if curve is not None and curve.autoattack is not None:
-            from pipeline.metrics.security_curve import autoattack_at
-
-            wanted.append(("security_curve.autoattack", autoattack_at(curve, max(curve.eps) or 8 / 255)))
+            wanted.append((CURVE_AA, curve.autoattack))
         for label, a in wanted:
             if find_autoattack(a.backend) is None:
                 if a.on_missing == "error":
-                    raise PipelineError(("security_curve.autoattack: " if label == "security_curve.autoattack" else "")
-                                        + missing_message(a))
+                    raise PipelineError((f"{CURVE_AA}: " if label == CURVE_AA else "") + missing_message(a))
                 skipped[label] = f"not installed; install with: {INSTALL_HINT}"
-                ctx.log(f"[{ctx.name}] skipping {'AutoAttack on the security curve' if label == 'security_curve' else label}: not installed")
+                ctx.log(f"[{ctx.name}] skipping {label}: not installed")
         return skipped

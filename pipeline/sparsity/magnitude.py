@@ -33,8 +33,8 @@ def global_magnitude_masks(params: Mapping[str, Tensor], density: float, *,
     """Keep the round(density * total) largest |w| over all layers together (exact global top-k).
 
     rule "threshold" is the Robust Bird detection rule instead (SW utils/early_bird.py): sort all |w|,
-    keep those strictly above the value at index floor(total * (1 - density)); one weight fewer than
-    top-k when there are no ties, and every weight tied with that value dropped.
+    keep those strictly above the value at index floor(total * (1 - density)): ceil(density * total) - 1
+    weights when there are no ties, and every weight tied with that value dropped.
 
     `density` is always relative to all weights in `params`. With `within`, only entries that mask
     still keeps are ranked, so the result is a subset of it: IMP round k passes density (1 - p)^k and

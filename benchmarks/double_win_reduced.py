@@ -1,4 +1,4 @@
-"""Double-Win transfer: IMP tickets vs the dense pre-trained model after standard and adversarial fine-tuning, reduced scale (issue 10, item 7c).
+"""Double-Win transfer at reduced scale: IMP tickets vs dense after standard and adversarial fine-tuning (issue 10, 7c).
 
 The claim of "Double-Win Lottery Tickets" (ICML 2022, spec §4): a subnetwork found by IMP on the
 pre-training task, transferred to another task, matches the dense pre-trained model transferred the
@@ -29,13 +29,14 @@ Prints compare's table of the transfer runs, the double-win table (pipeline.repo
 ticket wins twice when none of std SA, adv SA, adv RA falls more than --tolerance pp below dense),
 one line per criterion and the verdict. OUT/double_win_reduced.tickets.json has one row per ticket
 (std_sa, std_ra, adv_sa, adv_ra), for `benchmarks/seeds_summary.py --metrics std_sa,adv_sa,adv_ra`.
-Meant for a GPU (preact_resnet18; 10 IMP rounds, 6 transfer runs per ticket and dense):
+Meant for a GPU (preact_resnet18; 10 IMP rounds; dense and 3 tickets, each fine-tuned both ways: 8 transfer runs):
 
     python benchmarks/double_win_reduced.py --device cuda
 A reduced CPU protocol (the one in benchmarks/RESULTS.md) shortens every phase and uses PGD-3:
 
     python benchmarks/double_win_reduced.py --arch small_cnn --pretrain-epochs 8 --imp-epochs 2 \\
-        --ticket-rounds 2,4 --std-epochs 6 --epochs 6 --adv-steps 3 --device cpu
+        --ticket-rounds 2,3,4 --std-epochs 6 --epochs 6 --adv-steps 3 --epoch-eval-steps 10 \\
+        --val-limit 500 --test-limit 200 --transfer-fraction 0.5 --seed S --device cpu --out runs/dw_seedS
 Smoke run (`--limit-steps` also shrinks the batch to 32, PGD to 2 steps, evaluations to 64 images):
 
     python benchmarks/double_win_reduced.py --arch small_cnn --epochs 1 --std-epochs 1 --pretrain-epochs 1 \\
@@ -159,7 +160,8 @@ def task_arrays(path: Path, k: int, transfer_val: int) -> tuple[dict[str, np.nda
     for key in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
         if key not in d:
             raise DataError(f"--data {path}: missing array {key!r}; the Double-Win split needs train, val and test")
-    names = [str(n) for n in d["label_names"]] if "label_names" in d else [str(c) for c in range(int(d["y_train"].max()) + 1)]
+    names = ([str(n) for n in d["label_names"]] if "label_names" in d
+             else [str(c) for c in range(int(d["y_train"].max()) + 1)])
     if not 1 <= k < len(names):
         raise DataError(f"--split-classes {k}: the data has {len(names)} classes; A and B each need at least one")
     a: dict[str, np.ndarray] = {"label_names": np.array(names[:k])}

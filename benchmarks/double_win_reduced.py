@@ -323,7 +323,8 @@ def ticket_rows(args: argparse.Namespace, rows: list[dict]) -> list[dict]:
                     "round": k, "sparsity": 0.0 if k is None else round_sparsity(args, k),
                     "std_sa": std.get("test_sa"), "std_ra": std.get("test_ra"),
                     "adv_sa": adv.get("test_sa"), "adv_ra": adv.get("test_ra"),
-                    "std_epoch": std.get("best_epoch"), "adv_epoch": adv.get("best_epoch")})
+                    "std_epoch": std.get("ft_best_epoch"), "adv_epoch": adv.get("ft_best_epoch"),
+                    "test_n": std.get("test_n")})
     return out
 
 
@@ -332,17 +333,19 @@ RUN_COLUMNS = (rc.Col("label", "run"), rc.Col("test_sa", "test SA"), rc.Col("tes
                rc.Col("density", "density", rc.three), rc.Col("inference_saved", "inference FLOPs saved", rc.pct))
 
 
-def print_runs(args: argparse.Namespace, rows: list[dict]) -> None:
-    """Each transfer run's evaluate-stage figures. compare's history columns are not shown: for a
-    clean fine-tuning it reads RA best/final from the nearest upstream stage with per-epoch RA, i.e.
-    the pre-training on task A (pipeline/reporting/summary.py `_history_stage`)."""
+def add_stage_figures(rows: list[dict]) -> None:
+    """The kept epoch and test-image count of each transfer run, read from its own stages: compare's
+    history columns (best epoch, RA / SA best) of a clean fine-tuning come from the nearest upstream
+    stage with per-epoch RA, i.e. the pre-training on task A (pipeline/reporting/summary.py
+    `_history_stage`), so they are not shown here."""
     from pipeline.engine.rundir import StageRecord
 
     for r in rows:
-        stage = StageRecord(Path(r["run_dir"]), r["key"])
-        r["ft_best_epoch"] = stage.metrics.get("best_epoch")
-        ev = StageRecord(Path(r["run_dir"]), "evaluate")
-        r["test_n"] = ev.metrics.get("test_n")
+        r["ft_best_epoch"] = StageRecord(Path(r["run_dir"]), r["key"]).metrics.get("best_epoch")
+        r["test_n"] = StageRecord(Path(r["run_dir"]), "evaluate").metrics.get("test_n")
+
+
+def print_runs(args: argparse.Namespace, rows: list[dict]) -> None:
     note = f" (smoke: {args.limit_steps} steps/epoch)" if rc.smoke(args) else ""
     print(f"{args.arch}, seed {args.seed}{note}: task A = classes 0-{args.split_classes - 1}, task B = the rest; "
           f"tickets of IMP rounds {', '.join(map(str, args.ticket_rounds))}; runs in {args.out}")
@@ -391,10 +394,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         from pipeline.reporting.double_win import double_win_from_rows, format_table
+        from pipeline.reporting.format import fmt
 
         rc.run_models(args, [source])
         run_dirs = rc.run_models(args, transfers, prepare=lambda m: share_source(args, m))
         _, rows = rc.summarize(args, transfers, run_dirs)
+        add_stage_figures(rows)
         tickets = ticket_rows(args, rows)
         (args.out / f"{SCRIPT}.tickets.json").write_text(json.dumps(tickets, indent=1, default=str))
         print_runs(args, rows)
@@ -406,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(table))
         print(f"(test split of task B, evaluate stage: SA and PGD-{rc.eval_steps(args)} RA of the checkpoint "
               "kept by val SA (standard) / val RA (adversarial); standard-fine-tuned RA: "
-              + ", ".join(f"{t['label']} {t['std_ra']}" for t in tickets) + ")")
+              + ", ".join(f"{t['label']} {fmt(t['std_ra'])}" for t in tickets) + ")")
         claims = double_win_claims(args, table, tickets)
         for c in claims:
             print(c.line)

@@ -305,8 +305,10 @@ def run_config(args: argparse.Namespace, model: Model) -> dict[str, Any]:
             "model": {"arch": args.arch}, "stages": model.stages}
 
 
-def run_models(args: argparse.Namespace, models: list[Model]) -> list[Path]:
-    """Run (or resume) each model through the engine, one after the other; their run directories."""
+def run_models(args: argparse.Namespace, models: list[Model],
+               prepare: Callable[[Model], None] | None = None) -> list[Path]:
+    """Run (or resume) each model through the engine, one after the other; their run directories.
+    `prepare(model)` runs just before a model's engine run (e.g. to seed its run directory)."""
     cfg_dir = args.out / "configs"
     cfg_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -318,6 +320,8 @@ def run_models(args: argparse.Namespace, models: list[Model]) -> list[Path]:
         cfg_path.write_text(json.dumps(run_config(args, model), indent=1))
         run_dir = args.out / model.key
         print(f"[{i}/{len(models)}] {model.label}: {run_dir}", flush=True)
+        if prepare is not None:
+            prepare(model)
         proc = subprocess.run([sys.executable, "-m", "pipeline", "run", str(cfg_path), "--run-dir", str(run_dir),
                                "-q"], cwd=REPO, env=env)
         if proc.returncode != 0:

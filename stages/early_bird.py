@@ -38,6 +38,9 @@ class EarlyBirdConfig(StageConfig, TrainingConfig):
     window: int = Field(default=5, ge=2, description="masks compared: the newest against the window - 1 before it")
     threshold: Ratio = Field(default=0.08, ge=0, le=1, description="the ticket emerges when every distance in the window is <= this")
     detect_scope: Scope = Field(default="conv", description="weights of the per-epoch detection masks")
+    detect_rule: Literal["topk", "threshold"] = Field(
+        default="topk", description="detection masks: exact top-k of round(density x N), or the reference's |w| > "
+        "the value at index floor(N x (1 - density)) of the sorted magnitudes (ceil(density x N) - 1 kept, ties dropped)")
     criterion: PruneCriterion = Field(default_factory=PruneCriterion, description="how the ticket is cut")
     rewind_to: str | None = Field(default=None, pattern=r"^(init|epoch_[1-9][0-9]*)$",
                                   description="null: the emergence epoch's weights; init: the starting weights; epoch_N: after N epochs")

@@ -6,6 +6,8 @@ Definitions (spec §1.1):
 - Robust generalization gap (canonical): RA on the fixed, non-augmented train split minus test RA.
   Running-train variant (the Robust Bird script's): the training history's running adversarial train
   accuracy of the checkpoint's epoch minus test RA.
+- With `rb_script_metrics`, also the Robust Bird script's test-selected definitions (metrics.rb_script:
+  RA_best / SA_best = the max over epochs of test RA / SA, gap_best = max running train acc - RA_best).
 - Robust overfitting: test RA at the best-val-RA epoch minus test RA at the last epoch, from the
   training history (`robust_overfitting`); and measured here with this stage's first attack on the two
   kept checkpoints (`robust_overfitting_measured`) when the training stage kept both.
@@ -36,6 +38,9 @@ if TYPE_CHECKING:
 # The implementation (torch) is imported where it runs: `validate` and `stages` import this module for its Config.
 
 
+CURVE_AA = "security_curve.autoattack"  # the key of the curve's AutoAttack among the skipped attacks
+
+
 class EvaluateConfig(StageConfig):
     attacks: list[EvalAttack] | None = Field(
         default=None, description="evaluation attacks, each reported with its parameters in metrics['ra']: "
@@ -49,6 +54,10 @@ class EvaluateConfig(StageConfig):
     test_limit: int | None = Field(default=None, gt=0)
     checkpoints: Literal["both", "selected"] = Field(
         default="both", description="both: also evaluate the other of best/final when the input stage kept it")
+    rb_script_metrics: bool = Field(
+        default=False, description="also report Robust Bird's train_eb.py definitions from the training history "
+        "(metrics.rb_script: max test RA / SA, gap_best = max running train acc - max test RA); the headline "
+        "figures stay val-selected with the canonical gap")
     corruptions: CorruptionConfig | None = Field(
         default=None, description="corruption robustness, off when unset: {path (published CIFAR-10-C layout), "
         "generate, types, severities, limit, seed, backend: builtin|imagecorruptions, batch_size}")
@@ -88,7 +97,7 @@ class Evaluate(Stage):
     collective = True
 
     def run(self, ctx) -> None:
-        from pipeline.metrics.evaluation import checkpoint_figures, checkpoint_gaps
+        from pipeline.metrics.evaluation import checkpoint_figures, checkpoint_gaps, rb_script_summary
         from pipeline.metrics.flops import FlopsRecord
         from pipeline.train.checkpoints import CheckpointsRecord, kept_checkpoints
 
@@ -122,6 +131,8 @@ class Evaluate(Stage):
 
         m = self._metrics(primary, first, selected.which, results, history)
         m.density = float(masks.density()) if masks is not None else None
+        if cfg.rb_script_metrics:
+            m.rb_script = rb_script_summary(history)
         if cfg.corruptions is not None:
             m.corruption = self._corruptions(ctx, cfg, model, data, selected.which)
         if cfg.security_curve is not None:
@@ -130,7 +141,7 @@ class Evaluate(Stage):
             curve = cfg.security_curve
             m.security_curve = security_curve(
                 model, data, curve, limit=limits[curve.split], batch_size=cfg.batch_size, device=ctx.device,
-                seed=ctx.seed, autoattack_skipped=skipped.get("security_curve.autoattack"),
+                seed=ctx.seed, autoattack_skipped=skipped.get(CURVE_AA),
                 log=lambda msg: ctx.log(f"[{ctx.name}] {msg}"))
         ctx.metrics.update(m.to_json())
         ctx.write_json("metrics.json", m.to_json())
@@ -194,14 +205,11 @@ class Evaluate(Stage):
         curve = cfg.security_curve
         wanted = [(a.label(), a) for a in cfg.attacks if isinstance(a, AutoAttackConfig)]
         if curve is not None and curve.autoattack is not None:
-            from pipeline.metrics.security_curve import autoattack_at
-
-            wanted.append(("security_curve.autoattack", autoattack_at(curve, max(curve.eps) or 8 / 255)))
+            wanted.append((CURVE_AA, curve.autoattack))
         for label, a in wanted:
             if find_autoattack(a.backend) is None:
                 if a.on_missing == "error":
-                    raise PipelineError(("security_curve.autoattack: " if label == "security_curve.autoattack" else "")
-                                        + missing_message(a))
+                    raise PipelineError((f"{CURVE_AA}: " if label == CURVE_AA else "") + missing_message(a))
                 skipped[label] = f"not installed; install with: {INSTALL_HINT}"
-                ctx.log(f"[{ctx.name}] skipping {'AutoAttack on the security curve' if label == 'security_curve' else label}: not installed")
+                ctx.log(f"[{ctx.name}] skipping {label}: not installed")
         return skipped

@@ -56,11 +56,22 @@ class ImpCriterion(CriterionConfig):
         return self
 
 
+# The Double-Win reference trains each round at lr 0.0005, batch 2048 (ImageNet, about 19k updates per
+# round) with PGD-3 at step 16/765. Those values do not carry over to a smaller dataset, and the generic
+# training defaults (lr 0.1, batch 128, PGD-10 at 2/255) are not the reference's either, so imp has no
+# default for them: a config writes them (configs/cifar10_imp.yaml: lr 0.01 at batch 128, PGD-3 16/765).
+IMP_REFERENCE = "the Double-Win reference uses lr 0.0005 at batch 2048 with PGD-3, eps 8/255, step 16/765"
+
+
+class ImpOptimizer(OptimizerConfig):
+    weight_decay: float = Field(default=1e-4, ge=0, description="the reference IMP's 1e-4 (also when only lr is written)")
+
+
 class ImpConfig(StageConfig, TrainingConfig):
-    # Per-round training: the reference's 30 epochs at a constant lr with wd 1e-4; its lr 0.0005 belongs to
-    # batch 2048 on ImageNet (about 19k updates per round), so the default here is 0.01 at batch 128.
+    # Per-round training: the reference's 30 epochs at a constant lr with wd 1e-4; lr and batch written.
     epochs: int = Field(default=30, gt=0, description="epochs of each training run (round)")
-    optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=0.01, weight_decay=1e-4))
+    optimizer: ImpOptimizer = Field(default_factory=ImpOptimizer,
+                                    description="lr required (no default: " + IMP_REFERENCE + ")")
     schedule: ScheduleConfig = Field(default_factory=lambda: ScheduleConfig(kind="constant"))
     select: Literal["best", "final"] = Field(
         default="final", description="weights of a round that are pruned (and kept with ticket_weights: trained): "
@@ -106,6 +117,18 @@ class ImpConfig(StageConfig, TrainingConfig):
             raise ValueError(f"select_round: must be between 1 and {last} (or 'last'), got {self.select_round}")
         if rewind_epoch(self.rewind_to) > self.epochs:
             raise ValueError(f"rewind_to: {self.rewind_to} is after the last epoch of a training run ({self.epochs})")
+        return self
+
+    @model_validator(mode="after")
+    def _reference_values_written(self):
+        missing = [] if "lr" in self.optimizer.model_fields_set else ["optimizer.lr"]
+        if "batch_size" not in self.model_fields_set:
+            missing.append("batch_size")
+        if self.mode == "pgd":  # fast AT's step follows eps, clean training has no attack
+            missing += [f"attack.{k}" for k in ("steps", "step") if k not in self.attack.model_fields_set]
+        if missing:
+            raise ValueError(f"{', '.join(missing)}: required for an imp stage ({IMP_REFERENCE}; "
+                             "configs/cifar10_imp.yaml scales them to CIFAR-10)")
         return self
 
 

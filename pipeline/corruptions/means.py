@@ -62,8 +62,9 @@ def describe(corr: dict[str, Any]) -> str:
     c = column_means(corr)
     source = corr.get("source", "?")
     parts = [f"{source} corruptions" + (f" ({corr['backend']})" if corr.get("backend") else "")]
+    extra = c["types_19"] - c["types_15"]
     parts.append(f"{c['types_15']} of {len(STANDARD)} standard types"
-                 + (f" + {c['types_19'] - c['types_15']} of {len(ALL) - len(STANDARD)} extra" if c["types_19"] > c["types_15"] else ""))
+                 + (f" + {extra} of {len(ALL) - len(STANDARD)} extra" if extra else ""))
     if c["severities"]:
         parts.append("severities " + ", ".join(str(s) for s in c["severities"]))
     if corr.get("n") is not None:

@@ -48,7 +48,8 @@ def _build_parser() -> argparse.ArgumentParser:
     cmp_ = sub.add_parser("compare", help="side-by-side table of runs (RA/SA best, final, diff, FLOPs, gap)")
     cmp_.add_argument("run_dirs", type=Path, nargs="+")
     cmp_.add_argument("--out", type=Path, default=Path("comparison.md"),
-                      help="markdown file to write (.csv and .json beside it; default: ./comparison.md)")
+                      help="markdown file to write (.csv and .json beside it, and FILE_security_curves.png "
+                      "when runs have security curves; default: ./comparison.md)")
     cmp_.add_argument("--label", dest="labels", action="append", metavar="NAME",
                       help="row label, once per run in the given order (default: the run's name)")
 

@@ -17,19 +17,9 @@ from pydantic import Field, field_validator, model_validator
 from pipeline.engine.errors import CheckpointError
 from pipeline.engine.schema import Ratio, StrictModel
 from pipeline.engine.section import Section
+from pipeline.metrics.autoattack_config import AutoAttackConfig
 
 DEFAULT_EPS = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
-
-
-class CurveAutoAttack(StrictModel):
-    """AutoAttack at every eps > 0 of the curve (eps comes from the curve's list)."""
-
-    version: Literal["standard", "plus", "rand"] = "standard"
-    n: int | None = Field(default=10000, gt=0, description="first n images (RobustBench's default 10000; "
-                          "null: the whole split)")
-    backend: Literal["auto", "autoattack", "pyautoattack"] = "auto"
-    on_missing: Literal["error", "skip"] = Field(default="error", description="when no AutoAttack is installed")
-    batch_size: int | None = Field(default=None, gt=0, description="default: the stage's batch_size")
 
 
 class SecurityCurveConfig(StrictModel):
@@ -44,8 +34,8 @@ class SecurityCurveConfig(StrictModel):
     split: Literal["test", "val"] = "test"
     limit: int | None = Field(default=None, gt=0, description="first N images of the split (default: the "
                               "stage's test_limit / val_limit)")
-    autoattack: CurveAutoAttack | None = Field(default=None, description="also AutoAttack per eps > 0: {version, "
-                                               "n, backend, on_missing, batch_size}")
+    autoattack: AutoAttackConfig | None = Field(default=None, description="also AutoAttack per eps > 0: {version, "
+                                                "n (default 10000), backend, on_missing, batch_size}")
 
     @field_validator("eps")
     @classmethod
@@ -57,6 +47,18 @@ class SecurityCurveConfig(StrictModel):
         if len(set(rounded)) != len(rounded):
             raise ValueError(f"eps values must be distinct, got {[f'{r:g}/255' for r in rounded]}")
         return sorted(value)
+
+    @field_validator("autoattack")
+    @classmethod
+    def _curve_sets_the_budget(cls, value: AutoAttackConfig | None) -> AutoAttackConfig | None:
+        # a resolved config writes the defaults back: only a different value is a conflict
+        default = AutoAttackConfig()
+        written = sorted(k for k in ("eps", "name", "norm", "splits")
+                         if value is not None and getattr(value, k) != getattr(default, k))
+        if written:
+            raise ValueError(f"{', '.join(written)}: set by the curve (L-inf at each of its eps, on its split); "
+                             "remove from the autoattack block")
+        return value
 
     @model_validator(mode="after")
     def _step_within_box(self):
@@ -108,7 +110,8 @@ class SecurityCurve(Section):
             points = [CurvePoint.from_json(p, f"{where}.points[{i}]") for i, p in enumerate(data["points"])]
             return super().from_json({**data, "points": points}, where)
         if isinstance(data, dict) and "points" in data:
-            raise CheckpointError(f"{where or cls.SECTION}.points: expected a list, got {type(data['points']).__name__}")
+            raise CheckpointError(f"{where or cls.SECTION}.points: expected a list, "
+                                  f"got {type(data['points']).__name__}")
         return super().from_json(data, where)
 
     def label(self) -> str:

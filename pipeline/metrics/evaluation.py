@@ -193,6 +193,25 @@ def summarize_history(history: Sequence[dict], select_key: str = "val_ra") -> di
     }
 
 
+def _max(history: Sequence[dict], key: str) -> float | None:
+    values = [row[key] for row in history if _has(row, key)]
+    return max(values) if values else None
+
+
+def rb_script_summary(history: Sequence[dict]) -> dict[str, Any]:
+    """Robust Bird's train_eb.py summary (spec §1.1), test-selected, each maximum over its own epoch:
+    RA_best = max test RA, SA_best = max test SA, gap_best = max running train acc - RA_best,
+    gap_final = last running train acc - RA_final. Only for rebuilding RB rows: the headline figures
+    (summarize_history, robust_gap_*) select on val and use the canonical gap. Missing values are None."""
+    ra_best, sa_best = _max(history, "test_ra"), _max(history, "test_sa")
+    ra_final, sa_final = _last(history, "test_ra"), _last(history, "test_sa")
+    train_best, train_final = _max(history, "train_acc"), _last(history, "train_acc")
+    return {"RA_best": ra_best, "RA_final": ra_final, "RA_diff": _diff(ra_best, ra_final),
+            "SA_best": sa_best, "SA_final": sa_final, "SA_diff": _diff(sa_best, sa_final),
+            "gap_best": _diff(train_best, ra_best), "gap_final": _diff(train_final, ra_final),
+            "evaluated_epochs": sum(1 for row in history if _has(row, "test_ra"))}
+
+
 # ---------------------------------------------------------------------------------------------------
 # An evaluate stage's measurements and its metric keys
 
@@ -286,7 +305,7 @@ class SplitScores:
 _SPLIT_FIELDS = ("sa", "n", "loss", "ra", "robust_loss")
 _SUMMARY_KEYS = ("RA_best", "RA_final", "RA_diff", "SA_best", "SA_final", "SA_diff", "best_epoch")
 _TAIL = ("robust_overfitting", "robust_overfitting_measured", "robust_gap_best", "robust_gap_final", "density",
-         "corruption")
+         "corruption", "rb_script")
 
 
 @dataclass
@@ -314,6 +333,7 @@ class EvaluationMetrics:
     density: float | None = None
     corruption: dict | None = None
     security_curve: SecurityCurve | None = None
+    rb_script: dict | None = None  # rb_script_summary of the history, when the evaluate stage asks for it
 
     def split(self, name: str) -> SplitScores | None:
         return self.splits.get(name)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from pipeline.engine.errors import ConfigError
 from pipeline.metrics.attacks import PGDEvalConfig
 from pipeline.metrics.autoattack import AutoAttackConfig, run_autoattack
 from pipeline.metrics.curve_config import CurvePoint, SecurityCurve, SecurityCurveConfig
@@ -14,9 +15,7 @@ from pipeline.metrics.evaluation import evaluate
 
 
 def autoattack_at(cfg: SecurityCurveConfig, eps: float) -> AutoAttackConfig:
-    a = cfg.autoattack
-    return AutoAttackConfig(version=a.version, eps=eps, n=a.n, backend=a.backend, on_missing=a.on_missing,
-                            batch_size=a.batch_size, splits=[cfg.split])
+    return cfg.autoattack.model_copy(update={"eps": eps, "splits": [cfg.split]})
 
 
 def security_curve(model: nn.Module, data, cfg: SecurityCurveConfig, *, limit: int | None, batch_size: int,
@@ -28,23 +27,28 @@ def security_curve(model: nn.Module, data, cfg: SecurityCurveConfig, *, limit: i
     runs on its own first `n` images (stated per point) unless `autoattack_skipped` gives the reason it
     cannot run."""
     x, y = getattr(data, f"{cfg.split}_x"), getattr(data, f"{cfg.split}_y")
+    if len(y) == 0:
+        raise ConfigError(f"security_curve.split: the {cfg.split} split is empty; use split: test")
     limit = cfg.limit or limit
     clean = evaluate(model, x, y, batch_size=batch_size, device=device, limit=limit)
+    with_aa = cfg.autoattack is not None and autoattack_skipped is None
+    n_aa = min(cfg.autoattack.n or len(y), limit or len(y), len(y)) if with_aa else None
     points, backend = [], None
     for eps in cfg.eps:
         if eps == 0:  # the eps box is the image itself: the clean accuracy of the same images
-            points.append(CurvePoint(eps=0.0, pgd=clean["acc"], step=0.0,
-                                     autoattack=clean["acc"] if cfg.autoattack and not autoattack_skipped else None,
-                                     autoattack_n=clean["n"] if cfg.autoattack and not autoattack_skipped else None))
+            point = CurvePoint(eps=0.0, pgd=clean["acc"], step=0.0)
+            if with_aa:
+                point.autoattack = evaluate(model, x, y, batch_size=batch_size, device=device, limit=n_aa)["acc"]
+                point.autoattack_n = n_aa
+            points.append(point)
             continue
         attack = PGDEvalConfig(eps=eps, step=cfg.step(eps), steps=cfg.steps, restarts=cfg.restarts,
                                random_start=cfg.random_start, splits=[cfg.split])
         out = evaluate(model, x, y, batch_size=batch_size, attack=attack, device=device, limit=limit, seed=seed)
         point = CurvePoint(eps=eps, pgd=out["acc"], step=attack.step)
-        if cfg.autoattack is not None and autoattack_skipped is None:
+        if with_aa:
             aa = autoattack_at(cfg, eps)
-            n = min(aa.n or len(y), limit or len(y), len(y))
-            res = run_autoattack(model, x[:n], y[:n], aa, device=device, seed=seed,
+            res = run_autoattack(model, x[:n_aa], y[:n_aa], aa, device=device, seed=seed,
                                  batch_size=aa.batch_size or batch_size)
             point.autoattack, point.autoattack_n, backend = res["acc"], res["n"], res["backend"]
         points.append(point)

@@ -93,7 +93,8 @@ def compare_runs(run_dirs: list[Path], out: Path | None = None, labels: list[str
             elif c.key == "robust_gap" and len(rows) > 1:
                 cells.append(_gap_cell(v, reference, i == 0))
             elif c.key.startswith("corruption_mean_"):
-                cells.append(fmt(v, c.digits) + ((r.get("corruption_marks") or {}).get(c.key, "") if v is not None else ""))
+                marks = (r.get("corruption_marks") or {}).get(c.key, "") if v is not None else ""
+                cells.append(fmt(v, c.digits) + marks)
             elif c.key.startswith("ra_") and c.key[3:] in attack_names and v is not None:
                 n = ((r.get("ra_attacks") or {}).get(c.key[3:]) or {}).get("n")
                 cells.append(fmt(v, c.digits) + (f" (n = {fmt(n)})" if n is not None else ""))

@@ -29,7 +29,7 @@ def curve_table(curves: dict[str, SecurityCurve]) -> str:
             rows.append([label, f"AutoAttack {aa.get('version', '')}: skipped ({aa['skipped']})",
                          *["—"] * len(grid), "—", c.split])
         elif aa:
-            ns = sorted({p.autoattack_n for p in c.points if p.autoattack_n is not None and p.eps > 0})
+            ns = sorted({p.autoattack_n for p in c.points if p.autoattack_n is not None})
             rows.append([label, f"AutoAttack {aa.get('version', '')}",
                          *[fmt(by_eps[k].autoattack) if k in by_eps else "—" for k in grid],
                          ", ".join(fmt(n) for n in ns) or "—", c.split])

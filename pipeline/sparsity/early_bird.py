@@ -81,11 +81,11 @@ class EarlyBirdHooks(TicketHooks):
     def __init__(self, cfg: EarlyBirdConfig):
         super().__init__(masks=None, snapshot_epoch=rewind_epoch(cfg.rewind_to))
         self.detector = EarlyBirdDetector(window=cfg.window, threshold=cfg.threshold)
-        self.density, self.scope = cfg.density, cfg.detect_scope
+        self.density, self.scope, self.rule = cfg.density, cfg.detect_scope, cfg.detect_rule
 
     def end_epoch(self, epoch: int, row: dict) -> bool:
         super().end_epoch(epoch, row)
-        masks = global_magnitude_masks(scope_params(self.model, scope=self.scope), self.density)
+        masks = global_magnitude_masks(scope_params(self.model, scope=self.scope), self.density, rule=self.rule)
         distributed.sync_masks(masks, f"early_bird: detection masks of epoch {epoch + 1}")
         fired = self.detector.update(masks, epoch=epoch + 1)
         entry = self.detector.curve[-1]

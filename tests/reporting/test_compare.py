@@ -127,6 +127,7 @@ def test_sparse_run_beside_a_dense_one_adds_density_attacks_and_corruption(two_r
     assert fb["robust_gap"] == 14.0 and fb["gap_checkpoint"] == "final" and fb["robust_gap_running_train"] == 20.0
     assert fb["corruption_mean_acc"] == 70.0 and fb["corruption_mean_15"] == 72.5  # (70 + 75) / 2 from `per`
     assert fb["ra_autoattack"] == 44.0 and fb["best_epoch"] == 5
+    assert "| 44.00 (n = 1,000) |" in text  # every RA figure states the images it was measured on
     assert fb["ra_best"] == 55.0 and fb["ra_final"] == 50.5 and fb["ra_diff"] == pytest.approx(4.5)
     gap_dense = dense["robust_gap"]
     arrow = "↓" if 14.0 < gap_dense else "↑"
@@ -156,3 +157,40 @@ def test_final_model_without_an_evaluate_stage_and_unfinished_runs(tmp_path):
         compare_runs([run, empty], labels=["only one"])
     with pytest.raises(PipelineError, match="not a run directory"):
         compare_runs([tmp_path])
+
+
+def test_15_and_19_type_columns_on_hand_made_records(tmp_path):
+    """A published 19-type record (15 standard at 60 %, 4 extra at 80 %) beside a generated 3-type one at 2
+    severities: two labelled columns, known means, and the second run's cells marked."""
+    from pipeline.corruptions.catalog import ALL, STANDARD
+
+    def with_corruption(name: str, corruption: dict) -> Path:
+        run = build_sparse_run(tmp_path / name)
+        path = run / "evaluate" / "stage.json"
+        rec = json.loads(path.read_text())
+        rec["metrics"]["corruption"] = corruption
+        store.atomic_write_json(path, rec)
+        return run
+
+    published = {"source": "published", "severities": [1, 2, 3, 4, 5], "n": 10000, "mean_acc": 64.0,
+                 "per": {t: [60.0 if t in STANDARD else 80.0] * 5 for t in ALL}}
+    few = {"gaussian_noise": 50.0, "fog": 70.0, "spatter": 90.0}
+    generated = {"source": "generated", "backend": "builtin", "severities": [1, 3], "n": 200, "mean_acc": 70.0,
+                 "per": {t: [a, a] for t, a in few.items()}}
+    text, data = compare_runs([with_corruption("pub", published), with_corruption("gen", generated)],
+                              labels=["published", "generated"])
+    header = [c.strip() for c in text.splitlines()[0].strip("|").split("|")]
+    i15, i19 = header.index("Corruption mean (15)"), header.index("Corruption mean (19)")
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()[2:4]]
+    assert (cells[0][i15], cells[0][i19]) == ("60.00", "64.21")  # (15 * 60 + 4 * 80) / 19
+    assert (cells[1][i15], cells[1][i19]) == ("60.00*†‡", "70.00*†‡")  # (50 + 70) / 2; (50 + 70 + 90) / 3
+    pub, gen = data["rows"]
+    assert pub["corruption_mean_15"] == 60.0 and pub["corruption_mean_19"] == pytest.approx(1220 / 19)
+    assert gen["corruption_mean_15"] == 60.0 and gen["corruption_mean_19"] == pytest.approx(70.0)
+    assert "generated and published sets are not comparable" in text
+    for line in ("- * generated from the test split, not the published CIFAR-10-C images.",
+                 "- † fewer corruption types than the column names (mean over the types evaluated).",
+                 "- ‡ fewer than the 5 severities (mean over the severities evaluated)."):
+        assert line in text
+    assert ("published: published corruptions, 15 of 15 standard types + 4 of 4 extra, severities 1, 2, 3, 4, 5, "
+            "n = 10000 images per type × severity") in text

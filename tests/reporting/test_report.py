@@ -234,8 +234,8 @@ def build_sparse_run(run: Path) -> Path:
            metrics={"checkpoint": "best", "train_ra": 60.0, "test_ra": 48.5, "train_sa": 80.0, "test_sa": 66.0,
                     "test_n": 100, "train_n": 100, "train_loss": 0.6, "test_loss": 0.9, "robust_gap": 11.5, "robust_gap_running_train": 20.0, "attack": pgd,
                     "ra": {"pgd20": {"test": 48.5, "val": 50.0, "train": 60.0, "attack": pgd},
-                           "autoattack": {"test": 44.0, "attack": {"kind": "autoattack", "eps": 8 / 255,
-                                                                   "version": "standard"}}},
+                           "autoattack": {"test": 44.0, "n": {"test": 1000},
+                                          "attack": {"kind": "autoattack", "eps": 8 / 255, "version": "standard"}}},
                     "checkpoints": {"best": best, "final": final}, "robust_gap_best": 11.5, "robust_gap_final": 14.0,
                     "robust_overfitting": 4.5, "robust_overfitting_measured": -1.5, "corruption": corruption})
     ok = {"status": "ok", "per_batch": {"1": {"median_ms": 0.5, "p90_ms": 0.7, "p99_ms": 0.9, "throughput_img_s": 2000.0},
@@ -257,11 +257,12 @@ def test_report_of_a_hand_built_run_shows_attacks_checkpoints_corruptions_and_fb
                      "eb_early_bird.png", "evaluate_corruption.png", "flops.png", "runtime_check_latency.png"}
     assert "the early bird was drawn at epoch 5" in text and "threshold 0.08" in text
     assert "Best val RA at epoch 5: test RA 55.00 (final 50.50, robust overfitting 4.50 pp)" in text
-    assert "| autoattack | 44.00 |" in text and "| pgd20 | 48.50 | 50.00 | 60.00 |" in text
+    assert "| autoattack | 44.00 | — | — | test 1,000 |" in text and "| pgd20 | 48.50 | 50.00 | 60.00 |" in text
     assert "| best | 5 | 66.00 | 48.50 | 60.00 | 11.50 | 20.00 |" in text
     assert "| final | 8 | 69.00 | 50.00 | 64.00 | 14.00 | 20.00 |" in text
     assert "robust overfitting measured here: test RA of the best checkpoint − of the final one: -1.50 pp" in text
     assert "| gaussian noise | 80.0 | 75.0 | 70.0 | 65.0 | 60.0 | 70.0 |" in text
+    assert "| Corruption mean (15) | 72.50*† |" in text and "Corruption mean (19)" not in text  # 2 standard types
     assert "| cuda | skipped |" in text
     assert "From `updates.jsonl` (8 updates); 236 connections changed in all" in text  # 40 + 37 + ... + 19
     assert "2 update(s) pruned or grew extra on the Flying Bird+ signals" in text
@@ -299,3 +300,22 @@ def test_series_readers_hand_checked():
 def test_not_a_run_directory_is_a_clear_error(tmp_path):
     proc = run_cli("report", str(tmp_path))
     assert proc.returncode != 0 and "not a run directory" in proc.stderr
+
+
+def test_security_curve_table_with_autoattack_rows():
+    from pipeline.metrics.curve_config import CurvePoint, SecurityCurve
+    from pipeline.reporting.curves import curve_table
+
+    attack = {"kind": "pgd", "steps": 10, "step_factor": 2.5, "restarts": 1, "random_start": True}
+    ran = SecurityCurve(split="test", n=500, attack=attack, rule="step = 2.5 * eps / 10",
+                        points=[CurvePoint(0.0, 90.0, 0.0, 90.0, 100), CurvePoint(8 / 255, 40.0, 0.00784, 35.5, 100)],
+                        autoattack={"version": "standard", "n": 100, "backend": "autoattack"})
+    skipped = SecurityCurve(split="test", n=500, attack=attack, rule="step = 2.5 * eps / 10",
+                            points=[CurvePoint(0.0, 80.0, 0.0), CurvePoint(4 / 255, 50.0, 0.00392)],
+                            autoattack={"version": "standard", "skipped": "not installed"})
+    lines = curve_table({"a": ran, "b": skipped}).splitlines()
+    assert lines[0] == "| run | attack | ε 0/255 | ε 4/255 | ε 8/255 | n | split |"
+    assert lines[2:] == ["| a | PGD-10 (step = 2.5 * eps / 10) | 90.00 | — | 40.00 | 500 | test |",
+                         "| a | AutoAttack standard | 90.00 | — | 35.50 | 100 | test |",
+                         "| b | PGD-10 (step = 2.5 * eps / 10) | 80.00 | 50.00 | — | 500 | test |",
+                         "| b | AutoAttack standard: skipped (not installed) | — | — | — | — | test |"]

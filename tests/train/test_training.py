@@ -77,7 +77,8 @@ def test_early_bird_fast_at_gets_the_cyclic_reference_schedule():
     cfg = EarlyBirdConfig(name="eb", type="early_bird", mode="fast", epochs=10)
     assert (cfg.schedule.kind, cfg.schedule.peak_fraction, cfg.optimizer.lr) == ("cyclic", 0.4, 0.2)
     # spec §2.1: 0 -> 0.2 at 2/5 of the run -> 0, per iteration
-    lrs = [lr_at(cfg.schedule, cfg.optimizer.lr, e, s, 5, cfg.epochs) for e, s in ((0, 0), (2, 0), (4, 0), (5, 2), (7, 0), (9, 5))]
+    at = ((0, 0), (2, 0), (4, 0), (5, 2), (7, 0), (9, 5))  # (epoch, step of 5)
+    lrs = [lr_at(cfg.schedule, cfg.optimizer.lr, e, s, 5, cfg.epochs) for e, s in at]
     assert lrs == pytest.approx([0.0, 0.1, 0.2, 0.2 * (10 - 5.4) / 6, 0.1, 0.0])
     assert "schedule" not in cfg.model_fields_set  # a default, not the user's
     # what the user writes stays: a schedule, or only a peak lr
@@ -85,6 +86,13 @@ def test_early_bird_fast_at_gets_the_cyclic_reference_schedule():
     assert (written.schedule.kind, written.optimizer.lr) == ("constant", 0.1)
     peak = EarlyBirdConfig(name="eb", type="early_bird", mode="fast", optimizer={"lr": 0.1, "weight_decay": 1e-4})
     assert (peak.schedule.kind, peak.optimizer.lr, peak.optimizer.weight_decay) == ("cyclic", 0.1, 1e-4)
+    # elsewhere fast AT keeps the stage's default schedule, and validation says so
+    tree = {"data": {"dataset": "digits"}, "stages": [{"name": "w", "type": "dense_warmup", "mode": "fast"},
+                                                      {"name": "eb", "type": "early_bird", "mode": "fast"}]}
+    warned = validate_tree(tree).warnings
+    assert [w for w in warned if "mode 'fast'" in w] == [
+        "stages[0].schedule: mode 'fast' trains with this stage's default multistep schedule; FGSM-RS fast AT "
+        "(Wong et al., spec §2.1) uses schedule: {kind: cyclic, peak_fraction: 0.4} with optimizer.lr: 0.2"]
     # clean and PGD search keep the reference's multistep [50, 150] at lr 0.1
     for mode in ("clean", "pgd"):
         other = EarlyBirdConfig(name="eb", type="early_bird", mode=mode)

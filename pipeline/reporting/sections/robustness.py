@@ -60,9 +60,10 @@ def _checkpoints(rep, m: EvaluationMetrics) -> None:
     for which, ck in m.checkpoints.items():
         ra = next(iter(ck["ra"].values()), {})
         rows.append([which, fmt(ck.get("epoch")), fmt(ck["sa"].get("test")), fmt(ra.get("test")),
-                     fmt(ra.get("train")), fmt(ck.get("robust_gap")), fmt(ck.get("robust_gap_running_train"))])
-    rep.add(md_table(["checkpoint", "epoch", "test SA", "test RA", "train RA", "gap", "gap (running)"], rows,
-                     ["l", "r", "r", "r", "r", "r", "r"]))
+                     fmt(ra.get("train")), fmt(ck.get("robust_gap")), fmt(ck.get("robust_gap_running_train")),
+                     _n_text(ck.get("n"))])
+    rep.add(md_table(["checkpoint", "epoch", "test SA", "test RA", "train RA", "gap", "gap (running)", "n (images)"],
+                     rows, ["l", "r", "r", "r", "r", "r", "r", "l"]))
 
 
 def _corruption(rep, st: StageRecord, corr: dict | None) -> None:

@@ -16,7 +16,7 @@ from pydantic import Field, create_model, model_validator
 from pipeline.engine.schema import StrictModel
 from pipeline.sparsity.dst.registry import METHODS
 
-Allocation = Literal["uniform", "erk", "er", "igq"]
+Allocation = Literal["uniform", "erk", "erk_uncapped", "er", "igq", "igq_int"]
 DEFAULT_EPOCHS = 200  # a preset needs the epoch count before the stage's own `epochs` is known to be valid
 
 
@@ -35,13 +35,21 @@ class SparsityConfig(StrictModel):
     drop_fraction: float = Field(ge=0, le=1, description="fraction of a layer's active weights dropped at the first update")
     drop_fraction_min: float = Field(ge=0, le=1, description="cosine decay floor")
     drop_decay: Literal["cosine", "constant"] = Field(description="cosine: from drop_fraction to drop_fraction_min over the updating window")
+    drop_count: Literal["ceil", "floor"] = Field(
+        description="per-layer drop count from drop_fraction x active: ceil (sparselearning, Flying Bird: at least one "
+                    "swap per update) or floor (google-research/rigl's int(): no swap once the product is below 1)")
     stop_fraction: float | None = Field(gt=0, le=1, description="no prune-and-grow after this fraction of training (RigL's T_end); null: never stop")
     grow: Literal["random", "gradient"] = Field(description="random (SET, Flying Bird) or largest dense |grad| of the last batch (RigL)")
+    grow_count: Literal["exact", "bernoulli"] = Field(
+        description="random growth: exactly the planned count, or each inactive entry switched on with probability "
+                    "count / inactive (sparselearning: the count only in expectation, so the density drifts)")
 
     @model_validator(mode="after")
     def _consistent(self):
         if (self.second_update_every is None) != (self.second_after_epoch is None):
             raise ValueError("second_update_every: set it together with second_after_epoch (or neither)")
+        if self.grow_count == "bernoulli" and self.grow != "random":
+            raise ValueError("grow_count: bernoulli is the random growth of sparselearning; it needs grow: random")
         if self.drop_fraction_min > self.drop_fraction:
             raise ValueError(f"drop_fraction_min: {self.drop_fraction_min} is above drop_fraction {self.drop_fraction}")
         return self

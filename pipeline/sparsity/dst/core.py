@@ -159,9 +159,14 @@ class DynamicSparsity(MethodSpec):
         """{layer: (n_drop, n_grow)} for one update, plus method-specific log fields."""
         out = {}
         for layer in self.rewirable(layers, active):
-            k = min(math.ceil(rate * active[layer.name]), active[layer.name])
+            k = min(self.drop_count(rate, active[layer.name]), active[layer.name])
             out[layer.name] = (k, k)
         return out, {}
+
+    def drop_count(self, rate: float, active: int) -> int:
+        """Weights a layer with `active` entries drops at drop fraction `rate` (`drop_count`: ceil or floor)."""
+        product = rate * active
+        return math.floor(product) if self.settings.drop_count == "floor" else math.ceil(product)
 
     # -- one step ---------------------------------------------------------------------------------
     def on_step(self, step: int, state: DSTState, layers: list[Layer], optimizer: torch.optim.Optimizer | None,
@@ -185,6 +190,11 @@ class DynamicSparsity(MethodSpec):
             if n_drop or n_grow:
                 grow = self.grow_scores(layer, (grads or {}).get(layer.name), step) if n_grow else None
                 kept, grown = select_drop_grow(layer.mask, n_drop, n_grow, self.drop_scores(layer), grow)
+                if n_grow and self.settings.grow_count == "bernoulli":
+                    # the same uniform draws, thresholded: every free entry on with p = n_grow / free
+                    free = ~kept
+                    grown = free & (grow < n_grow / int(torch.count_nonzero(free)))
+                    n_grow = int(torch.count_nonzero(grown))
                 new_masks[layer.name] = (kept, kept | grown, n_drop, n_grow)
         return self._commit(step, state, layers, optimizer, new_masks, event=event, rate=rate, info=info)
 

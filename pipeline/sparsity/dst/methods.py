@@ -12,7 +12,8 @@ from pipeline.sparsity.select import topk_mask
 from pipeline.sparsity.dst import presets
 from pipeline.sparsity.dst.config import SparsityConfig
 from pipeline.sparsity.dst.core import METHODS, DynamicSparsity, Layer, register, select_drop_grow
-from pipeline.sparsity.dst.presets import AdaptiveConfig, GradualConfig, MemoryBoundConfig  # noqa: F401  (moved)
+from pipeline.sparsity.dst.presets import (  # noqa: F401  (moved to the torch-free specs; still importable)
+    GRANET_END, MEST_PHASES, AdaptiveConfig, GradualConfig, MemoryBoundConfig, MutationPhase)
 from pipeline.sparsity.dst.schedule import Schedule, cubic_density
 
 __all__ = ["METHODS", "DynamicSparsity", "Layer", "build_method", "fbp_signals", "register", "select_drop_grow"]
@@ -23,7 +24,9 @@ class FlyingBird(presets.FlyingBirdSpec, DynamicSparsity):
     """Flying Bird (Chen et al., "Sparsity Winning Twice", ICLR 2022; spec §3.1-3.4, code defaults):
     IGQ allocation, random positions; every 900 steps (1200 in epochs > epochs/2) drop ceil(r * active)
     smallest |w| per layer and regrow as many at random; r cosine 0.5 -> 0.005 over all of training.
-    Deviation: growth is exact-count (the reference's Bernoulli growth matches it only in expectation)."""
+    Deviations, each one option away: growth is exact-count (the reference's Bernoulli growth matches it
+    only in expectation: `grow_count: bernoulli`), and IGQ counts are rounded for an exact global total
+    (the reference's per-layer int(): `init: igq_int`)."""
 
 
 def fbp_signals(gap_history: list[float], loss_history: list[float], window: int) -> tuple[float, float] | None:
@@ -110,24 +113,34 @@ class FlyingBirdPlus(presets.FlyingBirdPlusSpec, FlyingBird):
 @register("set")
 class SET(presets.SETSpec, DynamicSparsity):
     """SET (Mocanu et al., Nature Communications 2018): Erdős–Rényi allocation, once per epoch drop the
-    fraction zeta = 0.3 of smallest-|w| weights per layer and regrow as many at random; constant rate."""
+    fraction zeta = 0.3 of smallest-|w| weights per layer (ceil, as sparselearning) and regrow as many at
+    random; constant rate. The allocation is the sparselearning lineage's 'ER' for convs, epsilon *
+    sum(weight.shape), kernel dimensions included: that is `erk` (which also caps a layer that would pass
+    density 1, so the global count is exact; `erk_uncapped` is sparselearning's rule as written, `er`
+    Mocanu's fully-connected (n_out + n_in) rule that ignores the kernel)."""
 
 
 @register("rigl")
 class RigL(presets.RigLSpec, DynamicSparsity):
-    """RigL (Evci et al., ICML 2020): ERK, every 100 steps drop alpha * active smallest |w| and grow as many
-    with the largest dense |grad| of the last batch; alpha = 0.3 cosine-decayed to 0 at T_end = 75% of
+    """RigL (Evci et al., ICML 2020): ERK, every 100 steps drop floor(alpha * active) smallest |w| (the
+    int() of google-research/rigl, so a layer stops swapping once alpha * active < 1) and grow as many with
+    the largest dense |grad| of the last batch; alpha = 0.3 cosine-decayed to 0 at T_end = 75% of
     training, no updates after it. SET with the grow criterion swapped (`grow: gradient`)."""
 
 
 @register("mest")
 class MEST(presets.MESTSpec, DynamicSparsity):
-    """MEST (Yuan et al., NeurIPS 2021) with the soft memory bound, as the DST-vs-dense study runs it
-    (landscape §A): at each update first grow min(ceil(r * target), floor(bound * target)) weights per
-    layer (density rises up to 10% above target), let them train for `prune_after` of the interval, then
-    prune each layer back to its exact target by magnitude, new weights included. Random growth (MEST_r;
-    `grow: gradient` gives MEST_g). Schedule: the unified framework's ERK, 1000 steps, r 0.5 cosine.
-    A grow phase is not started when its prune-back would fall after the last step."""
+    """MEST (Yuan et al., NeurIPS 2021), elastic mutation with the soft memory bound (EM&S): at each update
+    grow new weights per layer (density rises above target), let them train for `prune_after` of the
+    interval, then prune each layer back to its exact target by magnitude, new weights included. Preset =
+    MEST's script defaults (MEST_PHASES): every 5 epochs, growth 5% / 2.5% / 0% of the layer at 0 / 56% /
+    75% of training, pruned back at the next update. The DST-vs-dense study's variant (landscape §A) is
+    `update_every: 1000` steps, `memory_bound: {bound: 0.1, prune_after: 0.5, phases: null}`: growth
+    min(ceil(r * target), floor(0.1 * target)) with r the drop_fraction schedule.
+    Random growth (MEST_r; `grow: gradient` gives MEST_g). Pruning is by |w|, as MEST's retrain.py by
+    default (--sp-lmd 0; the paper's score adds lambda |grad|). Updates follow steps 5, 10, ... epochs
+    (MEST also mutates at the start of epoch 0). A grow phase is not started when its prune-back would
+    fall after the last step."""
 
     def initial_extra(self) -> dict[str, Any]:
         return {"prune_back_at": None}  # step after which the grown weights are pruned back
@@ -137,6 +150,20 @@ class MEST(presets.MESTSpec, DynamicSparsity):
 
     def grows_at(self, step: int) -> bool:
         return self.schedule.is_update(step) and step + self._wait(step) <= self.schedule.total_steps - 1
+
+    def growth(self, step: int, target: int, size: int) -> tuple[int, float]:
+        """(weights grown in a layer of `size` with `target` active, the fraction that set it)."""
+        mb = self.settings.memory_bound
+        if mb.phases is not None:
+            progress = (step + 1) / self.schedule.total_steps
+            fraction = [p.grow for p in mb.phases if p.start <= progress][-1]
+            g = math.floor(fraction * size + 0.5)
+        else:
+            fraction = self.schedule.drop_fraction_at(step)
+            g = math.ceil(fraction * target)
+        if mb.bound is not None:
+            g = min(g, math.floor(mb.bound * target))
+        return g, fraction
 
     def on_step(self, step, state, layers, optimizer, grads):
         entries, extra = [], state.extra
@@ -148,18 +175,18 @@ class MEST(presets.MESTSpec, DynamicSparsity):
             entries.append(self.apply_counts(step, state, layers, optimizer, grads, counts, event="prune_back",
                                              rate=None))
         if self.grows_at(step):
-            rate = self.schedule.drop_fraction_at(step)
-            bound = self.settings.memory_bound.bound
             active = {l.name: l.active() for l in layers}
-            counts = {}
+            counts, fraction = {}, None
             for layer in self.rewirable(layers, active):
-                target = state.targets[layer.name]
-                g = min(math.ceil(rate * target), math.floor(bound * target), layer.size - active[layer.name])
+                g, fraction = self.growth(step, state.targets[layer.name], layer.size)
+                g = min(g, layer.size - active[layer.name])
                 if g > 0:
                     counts[layer.name] = (0, g)
+            if not counts:  # e.g. MEST's last phase grows nothing: no event, nothing to prune back
+                return entries
             extra["prune_back_at"] = step + self._wait(step)
             targets = state.targets  # the grown weights sit above target until the prune-back
-            entries.append(self.apply_counts(step, state, layers, optimizer, grads, counts, event="grow", rate=rate,
+            entries.append(self.apply_counts(step, state, layers, optimizer, grads, counts, event="grow", rate=fraction,
                                              info={"prune_back_at": extra["prune_back_at"]}))
             state.targets = targets
         return entries
@@ -170,9 +197,11 @@ class GraNet(presets.GraNetSpec, DynamicSparsity):
     """GraNet (Liu et al., NeurIPS 2021): start denser (ERK at `initial_density`), prune globally by
     magnitude along the cubic schedule d_t = d + (d0 - d)(1 - (t - t0)/(t1 - t0))^3 at every update
     between t0 and t1 (and at t1 itself, so the target is met exactly), and at every update also
-    regenerate: drop r * active smallest |w| per layer, regrow as many by dense |grad| (GraNet_g;
-    `grow: gradient`; random gives GraNet_r). Reference code defaults: 1000 steps, r 0.5 cosine; the
-    DST-vs-dense study starts at density 0.8 (landscape §A). t1 = half of training is our default."""
+    regenerate: drop ceil(r * active) smallest |w| per layer, regrow as many by dense |grad| (GraNet_g;
+    `grow: gradient`; random gives GraNet_r). Reference code defaults: 1000 steps, r 0.5 cosine, pruning
+    from epoch 0 to t1 = epoch 110 of 160 (VITA-Group/GraNet main.py argparse: --init-prune-epoch 0,
+    --final-prune-epoch 110), i.e. end_fraction 0.6875; the DST-vs-dense study starts at density 0.8
+    (landscape §A)."""
 
     def __init__(self, settings, density, schedule, *, seed):
         super().__init__(settings, density, schedule, seed=seed)

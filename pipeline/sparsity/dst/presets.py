@@ -42,8 +42,8 @@ def _spec(name: str):
 def _common(**kw: Any) -> dict[str, Any]:
     base = {"init": "erk", "init_positions": "random", "dense_first": False, "dense_last": False,
             "update_every": 1000, "update_unit": "steps", "second_update_every": None, "second_after_epoch": None,
-            "drop_fraction": 0.5, "drop_fraction_min": 0.005, "drop_decay": "cosine", "stop_fraction": None,
-            "grow": "random"}
+            "drop_fraction": 0.5, "drop_fraction_min": 0.005, "drop_decay": "cosine", "drop_count": "ceil",
+            "stop_fraction": None, "grow": "random", "grow_count": "exact"}
     return {**base, **kw}
 
 
@@ -105,7 +105,7 @@ class SETSpec(MethodSpec):
 
     @classmethod
     def preset(cls, epochs: int) -> dict[str, Any]:
-        return _common(init="er", update_every=1, update_unit="epochs", drop_fraction=0.3,
+        return _common(init="erk", update_every=1, update_unit="epochs", drop_fraction=0.3,
                        drop_fraction_min=0.0, drop_decay="constant")
 
 
@@ -118,14 +118,40 @@ class RigLSpec(MethodSpec):
     @classmethod
     def preset(cls, epochs: int) -> dict[str, Any]:
         return _common(update_every=100, drop_fraction=0.3, drop_fraction_min=0.0, stop_fraction=0.75,
-                       grow="gradient")
+                       grow="gradient", drop_count="floor")
+
+
+class MutationPhase(StrictModel):
+    start: float = Field(ge=0, lt=1, description="fraction of training from which this phase's growth holds")
+    grow: float = Field(ge=0, le=1, description="weights grown per update, as a fraction of the layer's size "
+                                               "(MEST's grow-to sparsity = target sparsity - grow)")
 
 
 class MemoryBoundConfig(StrictModel):
     """MEST soft memory bound: grow first (density rises above target), prune back after a while."""
 
-    bound: float = Field(gt=0, le=1, description="growth per update is at most this fraction of the layer's target count")
-    prune_after: float = Field(gt=0, lt=1, description="fraction of the update interval the grown weights train before the prune-back")
+    bound: float | None = Field(gt=0, le=1, description="growth per update is at most this fraction of the layer's "
+                                                        "target count (null: no cap)")
+    prune_after: float = Field(gt=0, le=1, description="fraction of the update interval the grown weights train before "
+                                                      "the prune-back (1: at the next update, just before it grows again)")
+    phases: list[MutationPhase] | None = Field(
+        description="piecewise-constant growth per update (MEST's --mask-update-decay-epoch with --upper-bound); "
+                    "null: ceil(drop_fraction x target), following the drop_fraction schedule")
+
+    @model_validator(mode="after")
+    def _phases_in_order(self):
+        if self.phases is not None:
+            starts = [p.start for p in self.phases]
+            if not starts or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
+                raise ValueError(f"phases: starts must begin at 0 and increase, got {starts}")
+        return self
+
+
+# MEST's own schedule (boone891214/MEST, scripts/resnet32/EM_S/run_mag_prune_irr_sp_EM_S.sh: 160 epochs,
+# --sp-mask-update-freq 5, --mask-update-decay-epoch 90-120, --lower-bound 0.9-0.9-0.9, --upper-bound
+# 0.85-0.875-0.9): every 5 epochs prune each layer back to its target and grow 5% of it (2.5% from epoch
+# 90, none from epoch 120), the new weights training until the next update.
+MEST_PHASES = [{"start": 0.0, "grow": 0.05}, {"start": 90 / 160, "grow": 0.025}, {"start": 120 / 160, "grow": 0.0}]
 
 
 @_spec("mest")
@@ -135,11 +161,12 @@ class MESTSpec(MethodSpec):
     class Settings(SparsityConfig):
         memory_bound: MemoryBoundConfig = Field(description="MEST's soft memory bound")
 
-    example = {"update_every": 2}
+    example = {"update_every": 2, "update_unit": "steps"}
 
     @classmethod
     def preset(cls, epochs: int) -> dict[str, Any]:
-        return _common(memory_bound={"bound": 0.1, "prune_after": 0.5})
+        return _common(update_every=5, update_unit="epochs",
+                       memory_bound={"bound": None, "prune_after": 1.0, "phases": MEST_PHASES})
 
 
 class GradualConfig(StrictModel):
@@ -156,6 +183,9 @@ class GradualConfig(StrictModel):
         return self
 
 
+GRANET_END = 110 / 160  # GraNet's --final-prune-epoch 110 of its 160 CIFAR epochs
+
+
 @_spec("granet")
 class GraNetSpec(MethodSpec):
     """GraNet's `sparsity:` block (the method itself, sourced: `dst.methods.GraNet`)."""
@@ -168,7 +198,7 @@ class GraNetSpec(MethodSpec):
     @classmethod
     def preset(cls, epochs: int) -> dict[str, Any]:
         return _common(grow="gradient",
-                       gradual={"initial_density": 0.8, "start_fraction": 0.0, "end_fraction": 0.5})
+                       gradual={"initial_density": 0.8, "start_fraction": 0.0, "end_fraction": GRANET_END})
 
     @classmethod
     def check(cls, settings, density):

@@ -8,28 +8,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 from pydantic import ValidationError
-from torch import nn
 
 from pipeline.engine.errors import CheckpointError, ConfigError
 from pipeline.metrics.autoattack import AutoAttackConfig
 from pipeline.metrics.curve_config import DEFAULT_EPS, SecurityCurve, SecurityCurveConfig
 from pipeline.metrics.evaluation import EvaluationMetrics, SplitScores
 from pipeline.metrics.security_curve import security_curve
+from tests.conftest import BRIGHTNESS_MEANS as MEANS, Brightness
 
 
-class Brightness(nn.Module):
-    """Class 1 iff the mean pixel is above 0.5."""
-
-    def __init__(self):
-        super().__init__()
-        self.scale = nn.Parameter(torch.tensor(10.0))
-
-    def forward(self, x):
-        m = (x.mean(dim=(1, 2, 3)) - 0.5) * self.scale
-        return torch.stack([-m, m], dim=1)
-
-
-MEANS = torch.tensor([0.2, 0.48, 0.49, 0.52, 0.53, 0.8])  # distances to 0.5: .3 .02 .01 .02 .03 .3
 DATA = SimpleNamespace(test_x=MEANS.view(-1, 1, 1, 1).expand(-1, 1, 4, 4).contiguous(), test_y=(MEANS > 0.5).long())
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-import torch
 from pydantic import ValidationError
 
 from pipeline.engine.errors import CheckpointError, ConfigError

@@ -216,8 +216,10 @@ def training(args: argparse.Namespace, *, mode: Literal["clean", "fast", "pgd"] 
         "eval": ev, "select": select, "progress_every_steps": 200, "max_steps_per_epoch": args.limit_steps,
         "precision": "bf16" if args.device == "cuda" else "fp32",
     }
-    if mode != "clean":
+    if mode == "pgd":
         block["attack"] = train_attack(args)
+    elif mode == "fast":  # FGSM-RS: one step of 1.25 * eps (a PGD step here is a config error)
+        block["attack"] = {"eps": "8/255"}
     return block
 
 
@@ -279,7 +281,10 @@ def flying_bird(args: argparse.Namespace, *, density: float, plus: bool = False)
     if plus:
         sparsity["adaptive"] = {"start_epoch": half}
     key = "flying_bird_plus" if plus else "flying_bird"
-    stage = {"name": key, "type": "rewire", "method": key, "density": density, **training(args),
+    train = training(args)
+    if plus:  # FB+ reads its signals on the whole val split (the engine refuses val_limit), smoke runs too
+        train["eval"].pop("val_limit", None)
+    stage = {"name": key, "type": "rewire", "method": key, "density": density, **train,
              "sparsity": sparsity}
     return Model(key, "FB+" if plus else "FB", [stage, evaluate_stage(args, key)])
 
@@ -300,8 +305,10 @@ def run_config(args: argparse.Namespace, model: Model) -> dict[str, Any]:
             "model": {"arch": args.arch}, "stages": model.stages}
 
 
-def run_models(args: argparse.Namespace, models: list[Model]) -> list[Path]:
-    """Run (or resume) each model through the engine, one after the other; their run directories."""
+def run_models(args: argparse.Namespace, models: list[Model],
+               prepare: Callable[[Model], None] | None = None) -> list[Path]:
+    """Run (or resume) each model through the engine, one after the other; their run directories.
+    `prepare(model)` runs just before a model's engine run (e.g. to seed its run directory)."""
     cfg_dir = args.out / "configs"
     cfg_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -313,6 +320,8 @@ def run_models(args: argparse.Namespace, models: list[Model]) -> list[Path]:
         cfg_path.write_text(json.dumps(run_config(args, model), indent=1))
         run_dir = args.out / model.key
         print(f"[{i}/{len(models)}] {model.label}: {run_dir}", flush=True)
+        if prepare is not None:
+            prepare(model)
         proc = subprocess.run([sys.executable, "-m", "pipeline", "run", str(cfg_path), "--run-dir", str(run_dir),
                                "-q"], cwd=REPO, env=env)
         if proc.returncode != 0:

@@ -85,7 +85,7 @@ def dst(args: argparse.Namespace, method: str, sparsity: float) -> rc.Model:
         "init": "erk", "init_positions": "random", "dense_first": False, "dense_last": False,
         "update_every": rc.steps_like(1000, args), "update_unit": "steps", "second_update_every": None,
         "second_after_epoch": None, "drop_fraction": 0.5, "drop_fraction_min": 0.005, "drop_decay": "cosine",
-        "stop_fraction": None, "grow": grow,
+        "drop_count": "ceil", "stop_fraction": None, "grow": grow,
     }
     stage = {"name": key, "type": "rewire", "method": method, "density": round(1 - sparsity, 6),
              **clean_training(args), "sparsity": sparsity_block}

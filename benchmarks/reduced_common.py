@@ -51,6 +51,19 @@ def parser(doc: str, script: str, *, epochs: int, arch: str) -> argparse.Argumen
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CIFAR-10 subset .npz (x_train, y_train, ...)")
     ap.add_argument("--arch", default=arch, help=f"model architecture (default {arch}; see `pipeline models`)")
+    ap.add_argument("--sizes", type=_sizes, default=None, metavar="TRAIN,VAL,TEST",
+                    help="train on a class-balanced subset of --data with this many train/val/test images, written "
+                    "once to OUT/data/ (default: the whole file); shrinks the splits themselves, so every "
+                    "model, FB+'s per-epoch val signal included, sees the same full (smaller) splits")
+    ap.add_argument("--train-attack-steps", type=int, default=None, metavar="K",
+                    help="PGD-K adversarial training with step 2.5*eps/K (default: PGD-10, step 2/255)")
+    ap.add_argument("--eval-attack-steps", type=int, default=None, metavar="N",
+                    help="PGD-N for the per-epoch and the final evaluations (default 20)")
+    ap.add_argument("--batch-size", type=int, default=128,
+                    help="training batch of every model (default 128, the papers'; a small training set "
+                    "at batch 128 gets too few SGD steps to fit anything)")
+    ap.add_argument("--augment", choices=["crop_flip", "none"], default="crop_flip",
+                    help="training augmentation (default crop_flip, the papers')")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / script,
                     help=f"one run directory per model below it, plus {script}.md|csv|json (the comparison) and "
                     f"{script}.summary.json")
@@ -71,8 +84,10 @@ def parse(ap: argparse.ArgumentParser, argv: list[str] | None = None) -> argpars
     args = ap.parse_args(argv)
     if args.epochs <= 0:
         ap.error(f"--epochs must be > 0, got {args.epochs}")
-    if args.limit_steps is not None and args.limit_steps <= 0:
-        ap.error(f"--limit-steps must be > 0, got {args.limit_steps}")
+    for flag in ("limit_steps", "train_attack_steps", "eval_attack_steps", "batch_size"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            ap.error(f"--{flag.replace('_', '-')} must be > 0, got {value}")
     density = getattr(args, "density", None)
     if density is not None and (not math.isfinite(density) or not 0 < density <= 1):
         ap.error(f"--density must be in (0, 1], got {density}")
@@ -80,8 +95,58 @@ def parse(ap: argparse.ArgumentParser, argv: list[str] | None = None) -> argpars
         ap.error(f"--data: {args.data} not found. These scripts train on the CIFAR-10 subset (default "
                  f"{DEFAULT_DATA}); pass --data PATH to an .npz with x_train/y_train/x_val/y_val/x_test/y_test")
     args.data = args.data.resolve()
+    args.train_images = SUBSET_TRAIN_IMAGES
+    if args.sizes is not None:
+        args.data = subset_npz(args.data, args.sizes, args.out / "data", ap)
+        args.train_images = args.sizes[0]
     args.device = resolve_device(args.device)
     return args
+
+
+def _sizes(text: str) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected three positive image counts TRAIN,VAL,TEST, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def subset_npz(source: Path, sizes: tuple[int, int, int], out_dir: Path, ap: argparse.ArgumentParser) -> Path:
+    """`source` cut to `sizes` (train, val, test) class-balanced images per split (the pipeline's own
+    balanced rule, seed 0), written atomically once; later calls (a resumed run) reuse the file, so a
+    resumed run trains on the very same images."""
+    import numpy as np
+    import torch
+
+    from pipeline.data.check import read_npz_arrays
+    from pipeline.data.splits import subset_indices
+    from pipeline.engine import store
+    from pipeline.engine.errors import DataError
+
+    target = out_dir / f"{source.stem}-{'-'.join(map(str, sizes))}.npz"
+    if target.is_file():
+        return target
+    try:
+        npz = read_npz_arrays(source)
+    except DataError as exc:
+        ap.error(f"--data: {exc}")
+    arrays: dict[str, np.ndarray] = {"label_names": np.array(npz.class_names)}
+    for split, n in zip(("train", "val", "test"), sizes):
+        if split not in npz.labels:
+            ap.error(f"--sizes: {source} has no {split} split")
+        y = npz.labels[split]
+        if n > len(y):
+            ap.error(f"--sizes: {split} {n} exceeds the {len(y)} {split} images of {source}")
+        try:
+            keep = subset_indices(torch.from_numpy(y), n / len(y), "balanced", 0, len(npz.class_names)).numpy()
+        except DataError as exc:
+            ap.error(f"--sizes: {split}: {exc}")
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = npz.images[split][keep], y[keep]
+    with store.atomic_path(target) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    return target
 
 
 def resolve_device(choice: str) -> str:
@@ -101,31 +166,44 @@ def smoke(args: argparse.Namespace) -> bool:
 
 
 def milestones(epochs: int, *fractions: float) -> list[int]:
-    """lr drops at these fractions of training (at least epoch 1, as the engine wants positive epochs)."""
-    return [max(1, math.floor(epochs * f + 1e-9)) for f in fractions]
+    """lr drops at these fractions of training (at least epoch 1, as the engine wants positive epochs).
+    A drop that would fall on or after the last epoch never fires, and the engine refuses a written one,
+    so a run too short for it (the one-epoch smoke run) has none."""
+    return sorted({m for f in fractions if (m := max(1, math.floor(epochs * f + 1e-9))) < epochs})
 
 
-def steps_like(reference_steps: int, args: argparse.Namespace, train_images: int = SUBSET_TRAIN_IMAGES) -> int:
-    """A step interval of the papers' CIFAR runs as the same number of epochs here. A smoke run
-    updates every step so that the update path runs at all."""
+def steps_like(reference_steps: int, args: argparse.Namespace, train_images: int | None = None) -> int:
+    """A step interval of the papers' CIFAR runs as the same number of epochs here (of `train_images`,
+    default the run's training split). A smoke run updates every step so that the update path runs at all."""
     if smoke(args):
         return 1
-    per_epoch = math.ceil(train_images / batch_size(args))
+    per_epoch = math.ceil((train_images or args.train_images) / batch_size(args))
     return max(1, round(reference_steps / REFERENCE_STEPS_PER_EPOCH * per_epoch))
 
 
 def batch_size(args: argparse.Namespace) -> int:
-    return SMOKE_BATCH if smoke(args) else 128
+    return SMOKE_BATCH if smoke(args) else args.batch_size
 
 
 def eval_steps(args: argparse.Namespace) -> int:
-    return 2 if smoke(args) else 20
+    return 2 if smoke(args) else (args.eval_attack_steps or 20)
+
+
+def train_attack(args: argparse.Namespace) -> dict[str, Any]:
+    """PGD at 8/255: 10 steps of 2/255 (the papers'), or K steps of 2.5*eps/K (Madry et al.'s rule, so
+    that a short attack can still cross the eps ball); smoke runs take 2 steps."""
+    if smoke(args):
+        return {"eps": "8/255", "step": "2/255", "steps": 2}
+    k = args.train_attack_steps
+    if k is None:
+        return {"eps": "8/255", "step": "2/255", "steps": 10}
+    return {"eps": "8/255", "step": f"20/{255 * k}", "steps": k}  # 2.5 * 8/255 / k, exact
 
 
 def training(args: argparse.Namespace, *, mode: Literal["clean", "fast", "pgd"] = "pgd",
              lr_drops: tuple[float, ...] = (1 / 2, 3 / 4), robust_eval: bool = True,
              select: Literal["best", "final"] = "best") -> dict[str, Any]:
-    """The training keys shared by every compared model: SGD 0.1 / 0.9 / 5e-4, batch 128, PGD-10 (8/255,
+    """The training keys shared by every compared model: SGD 0.1 / 0.9 / 5e-4, batch 128 (--batch-size), PGD-10 (8/255,
     2/255) when adversarial, per-epoch val/test evaluation (PGD-20 RA unless `robust_eval` is off)."""
     limits = {"val_limit": SMOKE_EVAL_LIMIT, "test_limit": SMOKE_EVAL_LIMIT} if smoke(args) else {}
     ev: dict[str, Any] = {"every": 1, "batch_size": 512, **limits, "robust": robust_eval}
@@ -138,8 +216,10 @@ def training(args: argparse.Namespace, *, mode: Literal["clean", "fast", "pgd"] 
         "eval": ev, "select": select, "progress_every_steps": 200, "max_steps_per_epoch": args.limit_steps,
         "precision": "bf16" if args.device == "cuda" else "fp32",
     }
-    if mode != "clean":
-        block["attack"] = {"eps": "8/255", "step": "2/255", "steps": 2 if smoke(args) else 10}
+    if mode == "pgd":
+        block["attack"] = train_attack(args)
+    elif mode == "fast":  # FGSM-RS: one step of 1.25 * eps (a PGD step here is a config error)
+        block["attack"] = {"eps": "8/255"}
     return block
 
 
@@ -201,7 +281,10 @@ def flying_bird(args: argparse.Namespace, *, density: float, plus: bool = False)
     if plus:
         sparsity["adaptive"] = {"start_epoch": half}
     key = "flying_bird_plus" if plus else "flying_bird"
-    stage = {"name": key, "type": "rewire", "method": key, "density": density, **training(args),
+    train = training(args)
+    if plus:  # FB+ reads its signals on the whole val split (the engine refuses val_limit), smoke runs too
+        train["eval"].pop("val_limit", None)
+    stage = {"name": key, "type": "rewire", "method": key, "density": density, **train,
              "sparsity": sparsity}
     return Model(key, "FB+" if plus else "FB", [stage, evaluate_stage(args, key)])
 
@@ -218,7 +301,7 @@ class RunFailed(RuntimeError):
 
 def run_config(args: argparse.Namespace, model: Model) -> dict[str, Any]:
     return {"run": {"name": model.key, "seed": args.seed, "device": args.device},
-            "data": {"dataset": "npz", "path": str(args.data), "augment": "crop_flip", "norm_stats": "cifar10"},
+            "data": {"dataset": "npz", "path": str(args.data), "augment": args.augment, "norm_stats": "cifar10"},
             "model": {"arch": args.arch}, "stages": model.stages}
 
 
@@ -472,11 +555,16 @@ def main_guard(body: Callable[[], int]) -> int:
         return exc.returncode
 
 
-def compare_sw(args: argparse.Namespace, models: list[Model], paper: str) -> int:
-    """Run dense (first) and the sparse models, print the tables, one line per SW claim and the verdict."""
+def compare_sw(args: argparse.Namespace, models: list[Model], paper: str,
+               before: Callable[[list[Path]], None] | None = None) -> int:
+    """Run dense (first) and the sparse models, print the tables, one line per SW claim and the verdict;
+    `before` gets the run directories to print something ahead of the tables."""
 
     def body() -> int:
-        text, rows = summarize(args, models, run_models(args, models))
+        run_dirs = run_models(args, models)
+        if before is not None:
+            before(run_dirs)
+        text, rows = summarize(args, models, run_dirs)
         print_report(args, f"density {args.density}", text, rows, SW_EXTRA_COLS)
         print(headline(rows))
         claims = sw_claims(args, rows)

@@ -7,12 +7,16 @@ seed with its own --out, then:
         runs/dst_seed2/dst_corruption_reduced.summary.json runs/dst_seed3/dst_corruption_reduced.summary.json \
         --metrics test_sa,corruption_mean_15,corruption_mean_acc --baseline dense
 
-Every metric is read as higher-is-better (accuracies).
+Every metric is read as higher-is-better (accuracies) unless --lower names it (robust overfitting
+`ra_diff`, the robust gap `robust_gap`, FLOPs), e.g. for Sparsity Winning Twice:
+
+    python benchmarks/seeds_summary.py runs/sw_cpu_seed{1,2}/sparsity_win_reduced.summary.json \
+        --metrics ra_best,ra_final,ra_diff,sa_best,robust_gap --lower ra_diff,robust_gap
 
 For every model and metric it prints mean ± sample std over the seeds; for every non-baseline model the
 mean paired difference to the baseline (same seed, same data order) ± its std, and a plain word: "holds"
-when the mean difference is positive and exceeds its own std across seeds, "reversed" when it is
-negative beyond its std, "within noise" otherwise. The last line counts how many model-metric pairs hold.
+when the mean difference is in the better direction and exceeds its own std across seeds, "reversed"
+when it goes the other way beyond its std, "within noise" otherwise. The last line counts how many model-metric pairs hold.
 """
 from __future__ import annotations
 
@@ -47,9 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metrics", default="test_sa,corruption_mean_15,corruption_mean_acc",
                     help="comma-separated row keys to aggregate")
     ap.add_argument("--baseline", default="dense", help="model key the others are compared with")
+    ap.add_argument("--lower", default="", help="comma-separated metrics (of --metrics) where lower is better")
     args = ap.parse_args(argv)
     seeds = load(args.summaries)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    lower = {m.strip() for m in args.lower.split(",") if m.strip()}
+    if lower - set(metrics):
+        ap.error(f"--lower: {', '.join(sorted(lower - set(metrics)))} not in --metrics ({', '.join(metrics)})")
     keys = [k for k in seeds[0] if all(k in s for s in seeds)]
     if args.baseline not in keys:
         raise SystemExit(f"--baseline {args.baseline!r} is not in every summary (models: {', '.join(keys)})")
@@ -78,10 +86,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             diffs = [float(a) - float(b) for a, b in pairs]
             mean, std = _mean_std(diffs)
-            ok = mean > 0 and (math.isnan(std) or mean > std)
+            gain = -mean if m in lower else mean  # > 0: better than the baseline
+            ok = gain > 0 and (math.isnan(std) or gain > std)
             held += ok
             total += 1
-            reversed_ = mean < 0 and (math.isnan(std) or -mean > std)
+            reversed_ = gain < 0 and (math.isnan(std) or -gain > std)
             word = "holds" if ok else ("reversed" if reversed_ else "within noise")
             print(f"{seeds[0][k].get('label', k)} - {args.baseline}, {m}: {mean:+.2f} ± {std:.2f} pp "
                   f"over {len(diffs)} seeds -> {word}")

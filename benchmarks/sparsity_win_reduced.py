@@ -24,20 +24,50 @@ A smoke run on CPU, a few minutes (batch 32, PGD-2, 64-image evaluations, topolo
 the one-epoch early-bird search warns that its window never filled and prunes its last epoch):
 
     python benchmarks/sparsity_win_reduced.py --epochs 1 --limit-steps 2 --device cpu
-Re-running with the same --out continues a cut-off run. The verdict is the last line printed.
+A CPU protocol that shows robust overfitting in the dense run within an hour or so per model set
+(small_cnn, 2000 balanced training images without augmentation, PGD-3 training, PGD-10 evaluation on
+400 val / 400 test images; benchmarks/RESULTS.md has the commands and the measured result):
+
+    python benchmarks/sparsity_win_reduced.py --arch small_cnn --epochs 30 --sizes 2000,400,400 \
+        --augment none --train-attack-steps 3 --eval-attack-steps 10 --device cpu --out runs/sw_cpu
+Before the headline table it prints the dense run's per-epoch curve (train RA on the adversarial
+training batches, val / test RA), where robust overfitting shows as val/test RA falling after its
+peak while train RA keeps rising. Re-running with the same --out continues a cut-off run. The
+verdict is the last line printed.
 """
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import reduced_common as rc
+
+
+def dense_curve(run_dir: Path) -> str:
+    """The dense stage's history as a markdown table: epoch, lr, train RA (on the training attack's
+    batches, during the epoch), val RA, test RA, with the best val epoch marked."""
+    from pipeline.engine.rundir import StageRecord
+    from pipeline.reporting.format import fmt, md_table
+
+    rows = StageRecord(run_dir, "dense").history()
+    best = max(rows, key=lambda r: r.get("val_ra", float("-inf")))["epoch"] if rows else None
+    body = [[f"{r['epoch']}{' (best val)' if r['epoch'] == best else ''}", f"{r['lr']:.3g}", fmt(r.get("train_acc")),
+             fmt(r.get("val_ra")), fmt(r.get("test_ra")), fmt(r.get("test_sa"))] for r in rows]
+    return md_table(["epoch", "lr", "train RA (training attack)", "val RA", "test RA", "test SA"], body,
+                    ["l"] + ["r"] * 5)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = rc.parse(rc.sw_parser(__doc__, "sparsity_win_reduced"), argv)
     models = [rc.dense_pgd_at(args), rc.robust_bird(args, density=args.density),
               rc.flying_bird(args, density=args.density), rc.flying_bird(args, density=args.density, plus=True)]
-    return rc.compare_sw(args, models, "Sparsity Winning Twice (RB, FB, FB+)")
+
+    def before(run_dirs: list[Path]) -> None:
+        print("dense per-epoch curve:")
+        print(dense_curve(run_dirs[0]))
+        print()
+
+    return rc.compare_sw(args, models, "Sparsity Winning Twice (RB, FB, FB+)", before=before)
 
 
 if __name__ == "__main__":

@@ -5,12 +5,15 @@
 
 Each command runs as a user runs it (a new `python -m pipeline` process), so the figure includes the
 interpreter and every import. `status` needs a run: a one-step run of the quickstart is made once in a
-temporary folder first (not timed). The last line is the slowest command's median.
+temporary folder first (not timed). The last line is the slowest command's median. Beside the wall
+time, the process's CPU time (user + system): on a busy machine it is close to what the command takes on
+an idle one, since start-up runs on one core.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -21,14 +24,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _time(args: list[str], env: dict) -> float:
-    t0 = time.perf_counter()
+def _cpu_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _time(args: list[str], env: dict) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one fresh `python -m pipeline ARGS` process."""
+    cpu0, t0 = _cpu_children(), time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, _cpu_children() - cpu0
     if proc.returncode != 0:
         raise SystemExit(f"pipeline {' '.join(args)} exited {proc.returncode}: {proc.stderr[-500:]}")
-    return seconds
+    return seconds, cpu
 
 
 def main() -> None:
@@ -48,9 +57,12 @@ def main() -> None:
                     "stages": ["stages"], "status": ["status", str(run_dir)]}
         medians = {}
         for name, argv in commands.items():
-            times = [_time(argv, env) for _ in range(args.runs)]
+            runs = [_time(argv, env) for _ in range(args.runs)]
+            times = [wall for wall, _ in runs]
             medians[name] = statistics.median(times)
-            print(f"{name:<10} median {medians[name]:6.2f} s   (runs: {', '.join(f'{t:.2f}' for t in times)})")
+            cpu = statistics.median(c for _, c in runs)
+            print(f"{name:<10} median {medians[name]:6.2f} s   cpu {cpu:5.2f} s   "
+                  f"(runs: {', '.join(f'{t:.2f}' for t in times)})")
     slowest = max(medians, key=medians.get)
     print(f"slowest: {slowest} {medians[slowest]:.2f} s")
 

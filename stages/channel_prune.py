@@ -15,17 +15,15 @@ import os
 import signal
 from typing import Literal
 
-import torch
 from pydantic import Field, model_validator
 
 from pipeline.engine.errors import StageFailed
 from pipeline.engine.schema import StrictModel
 from pipeline.engine.stage import Stage, StageConfig
-from pipeline.metrics.attacks import AttackConfig, make_train_attack
-from pipeline.metrics.flops import count_macs
-from pipeline.models.channel_plan import CRITERIA, adversarial_gradients, plan_groups, prune_to_target
-from pipeline.models.structure import FORMAT, apply_structure, dependency_graph, slice_like, steps_of
-from pipeline.sparsity import MaskSet
+from pipeline.metrics.attack_config import AttackConfig
+from pipeline.models.channel_config import CRITERIA
+
+# The implementation (torch) is imported where it runs: `validate` and `stages` import this module for its Config.
 
 
 class TaylorConfig(StrictModel):
@@ -63,6 +61,9 @@ class ChannelPrune(Stage):
     summary = "structured channel pruning to a MACs or channel target (torch-pruning groups); stores structure.json"
 
     def run(self, ctx) -> None:
+        from pipeline.models.channel_plan import plan_groups, prune_to_target
+        from pipeline.models.structure import FORMAT, apply_structure, dependency_graph, steps_of
+
         cfg: ChannelPruneConfig = ctx.config
         model, masks, card = ctx.load_input_model()
         shape = (card["in_chans"], *card["input_size"])
@@ -104,6 +105,11 @@ class ChannelPrune(Stage):
 
     @staticmethod
     def _taylor_gradients(ctx, cfg: ChannelPruneConfig, model, step: int) -> None:
+        import torch
+
+        from pipeline.metrics.attacks import make_train_attack
+        from pipeline.models.channel_plan import adversarial_gradients
+
         data = ctx.data()
         tc = cfg.taylor
         n = min(len(data.train_y), tc.batches * tc.batch_size)
@@ -114,6 +120,11 @@ class ChannelPrune(Stage):
 
     @staticmethod
     def _finish(ctx, cfg, model, pristine, masks, card, shape, base_macs, total_channels, log, base_steps) -> None:
+        import torch
+
+        from pipeline.models.structure import FORMAT, slice_like, steps_of
+        from pipeline.sparsity.masks import MaskSet
+
         new_steps = steps_of(model)[base_steps:]
         macs = _macs(model, shape)
         kept = {}
@@ -148,4 +159,6 @@ class ChannelPrune(Stage):
 
 
 def _macs(model, shape) -> int:
+    from pipeline.metrics.flops import count_macs
+
     return sum(lm.macs for lm in count_macs(model, tuple(shape)))

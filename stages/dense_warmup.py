@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from pipeline.engine.stage import Stage, StageConfig
-from pipeline.train.checkpoints import save_trained
-from pipeline.train.loop import TrainingConfig, train
+from pipeline.train.config import TrainingConfig
+
+# The implementation (torch) is imported in run(): `validate` and `stages` import this module for its Config.
 
 
 class DenseWarmupConfig(StageConfig, TrainingConfig):
@@ -17,6 +18,9 @@ class DenseWarmup(Stage):
     collective = True
 
     def run(self, ctx) -> None:
+        from pipeline.train.checkpoints import save_trained
+        from pipeline.train.loop import train
+
         cfg: DenseWarmupConfig = ctx.config
         data = ctx.data()
         model, _, card = ctx.input_or_new_model(data)  # an input's masks are dropped: this trains densely

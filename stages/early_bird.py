@@ -13,17 +13,17 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.engine import distributed
 from pipeline.engine.errors import PipelineError, StageFailed
 from pipeline.engine.seeding import Stream
-from pipeline.metrics.flops import FlopsRecord, InferenceFlops
 from pipeline.engine.schema import Ratio
-from pipeline.sparsity import EarlyBirdDetector, global_magnitude_masks
-from pipeline.sparsity.record import SparsityRecord
-from pipeline.sparsity.tickets import (CriterionConfig, Scope, TicketHooks, check_criterion, criterion_batches,
-                                       rewind_epoch, scope_params, ticket_masks)
+from pipeline.sparsity.ticket_config import CriterionConfig, Scope, rewind_epoch
 from pipeline.engine.stage import Stage, StageConfig
-from pipeline.train.loop import ScheduleConfig, TrainingConfig, train
+from pipeline.train.config import ScheduleConfig, TrainingConfig
+
+# The implementation (torch) is imported in run(): `validate` and `stages` import this module for its Config.
+
+
+FAST_PEAK_LR, FAST_PEAK_FRACTION = 0.2, 0.4  # spec §2.1, `--stage1 fast`
 
 
 class PruneCriterion(CriterionConfig):
@@ -38,10 +38,23 @@ class EarlyBirdConfig(StageConfig, TrainingConfig):
     window: int = Field(default=5, ge=2, description="masks compared: the newest against the window - 1 before it")
     threshold: Ratio = Field(default=0.08, ge=0, le=1, description="the ticket emerges when every distance in the window is <= this")
     detect_scope: Scope = Field(default="conv", description="weights of the per-epoch detection masks")
+    detect_rule: Literal["topk", "threshold"] = Field(
+        default="topk", description="detection masks: exact top-k of round(density x N), or the reference's |w| > "
+        "the value at index floor(N x (1 - density)) of the sorted magnitudes (ceil(density x N) - 1 kept, ties dropped)")
     criterion: PruneCriterion = Field(default_factory=PruneCriterion, description="how the ticket is cut")
     rewind_to: str | None = Field(default=None, pattern=r"^(init|epoch_[1-9][0-9]*)$",
                                   description="null: the emergence epoch's weights; init: the starting weights; epoch_N: after N epochs")
     on_no_emergence: Literal["use_last", "fail"] = Field(default="use_last", description="masks never settled: warn and use the last epoch, or fail")
+
+    @model_validator(mode="after")
+    def _fast_at_cyclic_lr(self):
+        # spec §2.1: RB stage 1 with fast AT follows Wong et al.'s cyclic lr 0 -> 0.2 -> 0 peaking at 2/5
+        # of the run; the multistep default belongs to clean/PGD search. A written schedule (or lr) is kept.
+        if self.mode == "fast" and "schedule" not in self.model_fields_set:
+            object.__setattr__(self, "schedule", ScheduleConfig(kind="cyclic", peak_fraction=FAST_PEAK_FRACTION))
+            if "optimizer" not in self.model_fields_set or "lr" not in self.optimizer.model_fields_set:
+                object.__setattr__(self, "optimizer", self.optimizer.model_copy(update={"lr": FAST_PEAK_LR}))
+        return self
 
     @model_validator(mode="after")
     def _rewind_within_training(self):
@@ -51,33 +64,6 @@ class EarlyBirdConfig(StageConfig, TrainingConfig):
         return self
 
 
-class EarlyBirdHooks(TicketHooks):
-    """TicketHooks (dense, for the rewind snapshot) plus the per-epoch early-bird check."""
-
-    def __init__(self, cfg: EarlyBirdConfig):
-        super().__init__(masks=None, snapshot_epoch=rewind_epoch(cfg.rewind_to))
-        self.detector = EarlyBirdDetector(window=cfg.window, threshold=cfg.threshold)
-        self.density, self.scope = cfg.density, cfg.detect_scope
-
-    def end_epoch(self, epoch: int, row: dict) -> bool:
-        super().end_epoch(epoch, row)
-        masks = global_magnitude_masks(scope_params(self.model, scope=self.scope), self.density)
-        distributed.sync_masks(masks, f"early_bird: detection masks of epoch {epoch + 1}")
-        fired = self.detector.update(masks, epoch=epoch + 1)
-        entry = self.detector.curve[-1]
-        row["eb_distance_previous"] = entry["previous"]
-        row["eb_distance_max"] = max(entry["window"]) if entry["window"] else None
-        row["eb_distances"] = list(entry["window"])
-        return fired
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "detector": self.detector.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.detector.load_state_dict(state["detector"])
-
-
 class EarlyBird(Stage):
     Config = EarlyBirdConfig
     input_mode = "optional"
@@ -85,6 +71,12 @@ class EarlyBird(Stage):
     collective = True
 
     def run(self, ctx) -> None:
+        from pipeline.metrics.flops import FlopsRecord, InferenceFlops
+        from pipeline.sparsity.early_bird import EarlyBirdHooks
+        from pipeline.sparsity.record import SparsityRecord
+        from pipeline.sparsity.tickets import check_criterion, criterion_batches, ticket_masks
+        from pipeline.train.loop import train
+
         cfg: EarlyBirdConfig = ctx.config
         data = ctx.data()
         model, masks, card = ctx.input_or_new_model(data)

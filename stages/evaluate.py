@@ -6,29 +6,39 @@ Definitions (spec §1.1):
 - Robust generalization gap (canonical): RA on the fixed, non-augmented train split minus test RA.
   Running-train variant (the Robust Bird script's): the training history's running adversarial train
   accuracy of the checkpoint's epoch minus test RA.
+- With `rb_script_metrics`, also the Robust Bird script's test-selected definitions (metrics.rb_script:
+  RA_best / SA_best = the max over epochs of test RA / SA, gap_best = max running train acc - RA_best).
 - Robust overfitting: test RA at the best-val-RA epoch minus test RA at the last epoch, from the
   training history (`robust_overfitting`); and measured here with this stage's first attack on the two
   kept checkpoints (`robust_overfitting_measured`) when the training stage kept both.
 
-The checkpoint the input stage selected (model.safetensors) gets every attack and the corruptions;
+Security curve (`security_curve:`): RA against eps under PGD-k (and optionally AutoAttack), rules in
+pipeline/metrics/curve_config.py.
+
+The checkpoint the input stage selected (model.safetensors) gets every attack, the corruptions and the curve;
 the other of best/final, when kept, gets SA and the first attack (enough for gap and overfitting).
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.corruptions.benchmark import CorruptionConfig, evaluate_corruptions, generation_parameters
+from pipeline.corruptions.config import CorruptionConfig
 from pipeline.corruptions.published import load_published
 from pipeline.engine.errors import PipelineError
 from pipeline.engine.stage import Stage, StageConfig
-from pipeline.metrics.attacks import EvalAttack, PGDEvalConfig
-from pipeline.metrics.autoattack import INSTALL_HINT, AutoAttackConfig, find_autoattack, missing_message
-from pipeline.metrics.evaluation import (EvaluationMetrics, SplitScores, checkpoint_figures, checkpoint_gaps,
-                                         evaluate_attacks, summarize_selected)
-from pipeline.metrics.flops import FlopsRecord
-from pipeline.train.checkpoints import CheckpointsRecord, kept_checkpoints
+from pipeline.metrics.attack_config import EvalAttack, PGDEvalConfig
+from pipeline.metrics.autoattack_config import INSTALL_HINT, AutoAttackConfig, find_autoattack, missing_message
+from pipeline.metrics.curve_config import SecurityCurveConfig
+
+if TYPE_CHECKING:
+    from pipeline.metrics.evaluation import EvaluationMetrics
+
+# The implementation (torch) is imported where it runs: `validate` and `stages` import this module for its Config.
+
+
+CURVE_AA = "security_curve.autoattack"  # the key of the curve's AutoAttack among the skipped attacks
 
 
 class EvaluateConfig(StageConfig):
@@ -44,9 +54,17 @@ class EvaluateConfig(StageConfig):
     test_limit: int | None = Field(default=None, gt=0)
     checkpoints: Literal["both", "selected"] = Field(
         default="both", description="both: also evaluate the other of best/final when the input stage kept it")
+    rb_script_metrics: bool = Field(
+        default=False, description="also report Robust Bird's train_eb.py definitions from the training history "
+        "(metrics.rb_script: max test RA / SA, gap_best = max running train acc - max test RA); the headline "
+        "figures stay val-selected with the canonical gap")
     corruptions: CorruptionConfig | None = Field(
         default=None, description="corruption robustness, off when unset: {path (published CIFAR-10-C layout), "
         "generate, types, severities, limit, seed, backend: builtin|imagecorruptions, batch_size}")
+    security_curve: SecurityCurveConfig | None = Field(
+        default=None, description="RA against eps, off when unset: {eps: [0, 1/255, ..., 16/255], steps, "
+        "step_factor (step = step_factor * eps / steps), restarts, random_start, split, limit, autoattack: "
+        "{version, n, backend, on_missing, batch_size}}")
 
     @field_validator("attacks", mode="before")
     @classmethod
@@ -79,6 +97,10 @@ class Evaluate(Stage):
     collective = True
 
     def run(self, ctx) -> None:
+        from pipeline.metrics.evaluation import checkpoint_figures, checkpoint_gaps, rb_script_summary
+        from pipeline.metrics.flops import FlopsRecord
+        from pipeline.train.checkpoints import CheckpointsRecord, kept_checkpoints
+
         cfg: EvaluateConfig = ctx.config
         data = ctx.data()
         skipped = self._preflight(cfg, ctx)
@@ -109,20 +131,34 @@ class Evaluate(Stage):
 
         m = self._metrics(primary, first, selected.which, results, history)
         m.density = float(masks.density()) if masks is not None else None
+        if cfg.rb_script_metrics:
+            m.rb_script = rb_script_summary(history)
         if cfg.corruptions is not None:
             m.corruption = self._corruptions(ctx, cfg, model, data, selected.which)
+        if cfg.security_curve is not None:
+            from pipeline.metrics.security_curve import security_curve
+
+            curve = cfg.security_curve
+            m.security_curve = security_curve(
+                model, data, curve, limit=limits[curve.split], batch_size=cfg.batch_size, device=ctx.device,
+                seed=ctx.seed, autoattack_skipped=skipped.get(CURVE_AA),
+                log=lambda msg: ctx.log(f"[{ctx.name}] {msg}"))
         ctx.metrics.update(m.to_json())
         ctx.write_json("metrics.json", m.to_json())
         ctx.pass_model_through()
 
     @staticmethod
     def _judge(ctx, cfg: EvaluateConfig, model, data, attacks, skipped, limits, ck) -> dict:
+        from pipeline.metrics.evaluation import evaluate_attacks
+
         ctx.log(f"[{ctx.name}] checkpoint {ck.which} ({ck.file}, epoch {ck.epoch})")
         return evaluate_attacks(model, data, attacks, limits=limits, batch_size=cfg.batch_size, device=ctx.device,
                                 seed=ctx.seed, skipped=skipped, log=lambda msg: ctx.log(f"[{ctx.name}] {msg}"))
 
     @staticmethod
     def _metrics(res: dict, first, which: str, results: dict, history: list[dict]) -> EvaluationMetrics:
+        from pipeline.metrics.evaluation import EvaluationMetrics, SplitScores, summarize_selected
+
         entry = res["ra"].get(first.label(), {})
         splits = {s: SplitScores(n=res["n"][s], sa=res["sa"][s], loss=res["clean_loss"][s], ra=entry.get(s),
                                  robust_loss=(entry.get("robust_loss") or {}).get(s)) for s in res["sa"]}
@@ -142,6 +178,8 @@ class Evaluate(Stage):
 
     @staticmethod
     def _corruptions(ctx, cfg: EvaluateConfig, model, data, which: str) -> dict:
+        from pipeline.corruptions.benchmark import evaluate_corruptions, generation_parameters
+
         corr = evaluate_corruptions(model, data.test_x, data.test_y, cfg.corruptions, device=ctx.device,
                                     batch_size=cfg.batch_size, num_classes=data.num_classes,
                                     log=lambda msg: ctx.log(f"[{ctx.name}] {msg}"))
@@ -150,9 +188,10 @@ class Evaluate(Stage):
         if corr["source"] == "generated" and corr["backend"] == "builtin":
             full["parameters"] = generation_parameters(corr["types"])
         ctx.write_json("corruption.json", full)
-        mean15 = "n/a" if corr["mean_acc_15"] is None else f"{corr['mean_acc_15']:.2f}"
-        ctx.log(f"[{ctx.name}] corruptions ({corr['source']}): mean {corr['mean_acc']:.2f}  "
-                f"mean of the 15 standard {mean15}  clean {corr['clean_acc']:.2f}")
+        means = {k: "n/a" if corr[k] is None else f"{corr[k]:.2f}" for k in ("mean_acc_15", "mean_acc_19")}
+        ctx.log(f"[{ctx.name}] corruptions ({corr['source']}): mean of the {len(corr['types'])} types evaluated "
+                f"{corr['mean_acc']:.2f}  15 standard {means['mean_acc_15']}  all 19 {means['mean_acc_19']}  "
+                f"clean {corr['clean_acc']:.2f}")
         return corr
 
     @staticmethod
@@ -163,10 +202,14 @@ class Evaluate(Stage):
         c = cfg.corruptions
         if c is not None and c.path is not None and c.path.is_dir():
             load_published(c.path, c.types)  # reads the layout (labels.npy, one .npy per type) or raises
-        for a in cfg.attacks:
-            if isinstance(a, AutoAttackConfig) and find_autoattack(a.backend) is None:
+        curve = cfg.security_curve
+        wanted = [(a.label(), a) for a in cfg.attacks if isinstance(a, AutoAttackConfig)]
+        if curve is not None and curve.autoattack is not None:
+            wanted.append((CURVE_AA, curve.autoattack))
+        for label, a in wanted:
+            if find_autoattack(a.backend) is None:
                 if a.on_missing == "error":
-                    raise PipelineError(missing_message(a))
-                skipped[a.label()] = f"not installed; install with: {INSTALL_HINT}"
-                ctx.log(f"[{ctx.name}] skipping {a.label()}: not installed")
+                    raise PipelineError((f"{CURVE_AA}: " if label == CURVE_AA else "") + missing_message(a))
+                skipped[label] = f"not installed; install with: {INSTALL_HINT}"
+                ctx.log(f"[{ctx.name}] skipping {label}: not installed")
         return skipped

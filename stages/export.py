@@ -10,16 +10,17 @@ records file bytes, parameters, MACs counted from the ONNX graph, and the parity
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
 
-from exports.onnx_export import export_onnx, graph_stats, to_sparse_initializers
-from exports.verify import check_parity
 from pipeline.engine.errors import StageFailed
 from pipeline.engine.stage import Stage, StageConfig
-from pipeline.models.structure import shrink_zero_channels, steps_of
+
+if TYPE_CHECKING:
+    import torch
+
+# The implementation (torch, onnx) is imported where it runs: `validate` and `stages` import this module for its Config.
 
 Variant = Literal["masked", "structured", "sparse_initializers"]
 FILES = {"masked": "model.onnx", "structured": "model.structured.onnx", "sparse_initializers": "model.sparse.onnx"}
@@ -42,6 +43,8 @@ class ExportConfig(StageConfig):
 
 def model_sparsity(model: torch.nn.Module, masks) -> float:
     """Fraction of zero weights over conv and linear weights (masks when present, else exact zeros)."""
+    import torch
+
     if masks is not None:
         return 1.0 - float(masks.density())
     total = zeros = 0
@@ -57,6 +60,8 @@ class Export(Stage):
     summary = "ONNX variants (masked, structured, sparse initializers) with metadata, each parity-checked"
 
     def run(self, ctx) -> None:
+        from pipeline.models.structure import shrink_zero_channels, steps_of
+
         cfg: ExportConfig = ctx.config
         data = ctx.data()
         model, masks, card = ctx.load_input_model()
@@ -107,6 +112,9 @@ class Export(Stage):
 
     @staticmethod
     def _write(ctx, cfg: ExportConfig, variant: str, net, reference, shape, metadata, inputs) -> dict:
+        from exports.onnx_export import export_onnx, graph_stats
+        from exports.verify import check_parity
+
         path = ctx.dir / FILES[variant]
         doc = (f"{metadata['arch']} classifier on {metadata['dataset']}, variant {variant}, from pipeline stage "
                f"{metadata['source_stage']}. Input: float32 NCHW pixels in [0, 1] resized to {shape[1]}x{shape[2]}; "
@@ -127,6 +135,9 @@ class Export(Stage):
 
     @staticmethod
     def _sparse_copy(ctx, cfg: ExportConfig, src_file: str, model, inputs) -> dict:
+        from exports.onnx_export import graph_stats, to_sparse_initializers
+        from exports.verify import check_parity
+
         sparse_path = ctx.dir / FILES["sparse_initializers"]
         sizes = to_sparse_initializers(ctx.dir / src_file, sparse_path)
         summary = {"source": src_file, **{k: sizes[k] for k in ("src_bytes", "dst_bytes", "size_ratio", "n_converted")}}

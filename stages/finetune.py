@@ -2,7 +2,8 @@
 
 With a `transfer:` block the input ticket moves to another dataset first (Double-Win, spec §4.2): a new
 dense classifier for B's classes, B's normalisation statistics inside the model, the backbone mask kept.
-`mode: clean` is the standard fine-tuning regime, `mode: pgd` the adversarial one.
+`mode: clean` is the standard fine-tuning regime, `mode: pgd` the adversarial one. After an early_bird
+stage it is Robust Bird's stage 2, and its default lr milestones are RB's [50, 150].
 """
 from __future__ import annotations
 
@@ -13,19 +14,10 @@ from pydantic import Field
 from pipeline.engine.seeding import Stream, derive_seed
 from pipeline.engine.errors import DataError
 from pipeline.engine.stage import Stage, StageConfig
-from pipeline.sparsity.hooks import MaskHooks
-from pipeline.train.checkpoints import save_trained
-from pipeline.train.loop import TrainingConfig, train
-from pipeline.models.transfer import (
-    MODEL_DATA_KEY,
-    TransferConfig,
-    check_compatible,
-    dataset_label,
-    retarget_model,
-    transfer_masks,
-    transfer_record,
-)
+from pipeline.train.config import TrainingConfig
+from pipeline.models.transfer_config import TransferConfig
 
+# The implementation (torch) is imported in run(): `validate` and `stages` import this module for its Config.
 
 
 class FinetuneConfig(StageConfig, TrainingConfig):
@@ -37,12 +29,29 @@ class FinetuneConfig(StageConfig, TrainingConfig):
         default=None, description="move the input model to another dataset first: new dense head, kept mask")
 
 
+# Robust Bird's stage 2 (train_eb.py) decays the lr at epochs 50 and 150; main_adv's [100, 150] is the
+# training default (spec §1.1), so a finetune after early_bird takes RB's unless milestones are written.
+RB_STAGE2_MILESTONES = (50, 150)
+
+
 class Finetune(Stage):
     Config = FinetuneConfig
     summary = "PGD-AT / fast / clean fine-tuning of the input model, keeping its sparsity mask; optional transfer"
     collective = True
 
+    @classmethod
+    def follow_input(cls, config: FinetuneConfig, input_type: str) -> None:
+        sched = config.schedule
+        if input_type == "early_bird" and sched.kind == "multistep" and "milestones" not in sched.model_fields_set:
+            object.__setattr__(sched, "milestones", list(RB_STAGE2_MILESTONES))
+
     def run(self, ctx) -> None:
+        from pipeline.models.transfer import (MODEL_DATA_KEY, check_compatible, dataset_label, retarget_model,
+                                              transfer_masks, transfer_record)
+        from pipeline.sparsity.hooks import MaskHooks
+        from pipeline.train.checkpoints import save_trained
+        from pipeline.train.loop import train
+
         cfg: FinetuneConfig = ctx.config
         holder = ctx.input.model_holder().name
         source = holder if cfg.ticket_round is None else f"{holder} round {cfg.ticket_round}"

@@ -23,22 +23,22 @@ so downstream summaries read that round's epochs only.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
 from pipeline.engine import store
 from pipeline.engine.errors import PipelineError
 from pipeline.engine.seeding import Stream
-from pipeline.metrics.flops import FlopsRecord, InferenceFlops, TrainingFlops
 from pipeline.engine.schema import Ratio
-from pipeline.sparsity import MaskSet, imp_round_density
-from pipeline.sparsity.imp import ImpProgress
-from pipeline.sparsity.record import SparsityRecord
-from pipeline.sparsity.tickets import (CriterionConfig, Scope, TicketHooks, check_criterion,
-                                       criterion_batches, rewind_epoch, round_files, round_metadata, ticket_masks)
+from pipeline.sparsity.ticket_config import CriterionConfig, Scope, rewind_epoch
 from pipeline.engine.stage import Stage, StageConfig
-from pipeline.train.loop import OptimizerConfig, ScheduleConfig, TrainingConfig, cpu_state, train
+from pipeline.train.config import OptimizerConfig, ScheduleConfig, TrainingConfig
+
+if TYPE_CHECKING:
+    from pipeline.sparsity.masks import MaskSet
+
+# The implementation (torch) is imported where it runs: `validate` and `stages` import this module for its Config.
 
 _IMP_ONLY = ("rounds", "prune_fraction", "prune_before_training")
 
@@ -56,11 +56,22 @@ class ImpCriterion(CriterionConfig):
         return self
 
 
+# The Double-Win reference trains each round at lr 0.0005, batch 2048 (ImageNet, about 19k updates per
+# round) with PGD-3 at step 16/765. Those values do not carry over to a smaller dataset, and the generic
+# training defaults (lr 0.1, batch 128, PGD-10 at 2/255) are not the reference's either, so imp has no
+# default for them: a config writes them (configs/cifar10_imp.yaml: lr 0.01 at batch 128, PGD-3 16/765).
+IMP_REFERENCE = "the Double-Win reference uses lr 0.0005 at batch 2048 with PGD-3, eps 8/255, step 16/765"
+
+
+class ImpOptimizer(OptimizerConfig):
+    weight_decay: float = Field(default=1e-4, ge=0, description="the reference IMP's 1e-4 (also when only lr is written)")
+
+
 class ImpConfig(StageConfig, TrainingConfig):
-    # Per-round training: the reference's 30 epochs at a constant lr with wd 1e-4; its lr 0.0005 belongs to
-    # batch 2048 on ImageNet (about 19k updates per round), so the default here is 0.01 at batch 128.
+    # Per-round training: the reference's 30 epochs at a constant lr with wd 1e-4; lr and batch written.
     epochs: int = Field(default=30, gt=0, description="epochs of each training run (round)")
-    optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=0.01, weight_decay=1e-4))
+    optimizer: ImpOptimizer = Field(default_factory=ImpOptimizer,
+                                    description="lr required (no default: " + IMP_REFERENCE + ")")
     schedule: ScheduleConfig = Field(default_factory=lambda: ScheduleConfig(kind="constant"))
     select: Literal["best", "final"] = Field(
         default="final", description="weights of a round that are pruned (and kept with ticket_weights: trained): "
@@ -108,6 +119,18 @@ class ImpConfig(StageConfig, TrainingConfig):
             raise ValueError(f"rewind_to: {self.rewind_to} is after the last epoch of a training run ({self.epochs})")
         return self
 
+    @model_validator(mode="after")
+    def _reference_values_written(self):
+        missing = [] if "lr" in self.optimizer.model_fields_set else ["optimizer.lr"]
+        if "batch_size" not in self.model_fields_set:
+            missing.append("batch_size")
+        if self.mode == "pgd":  # fast AT's step follows eps, clean training has no attack
+            missing += [f"attack.{k}" for k in ("steps", "step") if k not in self.attack.model_fields_set]
+        if missing:
+            raise ValueError(f"{', '.join(missing)}: required for an imp stage ({IMP_REFERENCE}; "
+                             "configs/cifar10_imp.yaml scales them to CIFAR-10)")
+        return self
+
 
 class Imp(Stage):
     Config = ImpConfig
@@ -115,6 +138,11 @@ class Imp(Stage):
     collective = True
 
     def run(self, ctx) -> None:
+        from pipeline.sparsity.imp import ImpProgress
+        from pipeline.sparsity.magnitude import imp_round_density
+        from pipeline.sparsity.tickets import TicketHooks, round_files, round_metadata, ticket_masks
+        from pipeline.train.loop import cpu_state, train
+
         cfg: ImpConfig = ctx.config
         data = ctx.data()
         model, in_masks, card = ctx.load_input_model()
@@ -174,6 +202,9 @@ class Imp(Stage):
     @staticmethod
     def _first_mask(ctx, cfg: ImpConfig, model, data, where: str) -> MaskSet | None:
         """The mask of round 1 from the input's weights (None when imp trains a dense round 0 first)."""
+        from pipeline.sparsity.magnitude import imp_round_density
+        from pipeline.sparsity.tickets import check_criterion, ticket_masks
+
         if cfg.method == "random":
             return ticket_masks(model, cfg.criterion, 1 - cfg.target_sparsity, pruner="random", where=where,
                                 generator=ctx.generator(Stream.IMP_RANDOM_MASK, device="cpu"))
@@ -187,6 +218,11 @@ class Imp(Stage):
         return None
 
     def _finish(self, ctx, cfg: ImpConfig, rounds: list[dict], model, card: dict, data, last: int) -> None:
+        from pipeline.metrics.flops import FlopsRecord, InferenceFlops, TrainingFlops
+        from pipeline.sparsity.masks import MaskSet
+        from pipeline.sparsity.record import SparsityRecord
+        from pipeline.sparsity.tickets import round_files
+
         chosen = last if cfg.select_round == "last" else cfg.select_round
         rec = next(r for r in rounds if r["round"] == chosen)
         weights_file, masks_file = round_files(chosen)
@@ -217,10 +253,15 @@ class Imp(Stage):
 
 
 def _batches(ctx, cfg: ImpConfig, data) -> list | None:
+    from pipeline.sparsity.tickets import criterion_batches
+
     return criterion_batches(cfg.criterion, data, batch_size=cfg.batch_size, seed=ctx.seed, device=ctx.device)
 
 
 def _ticket_numbers(cfg: ImpConfig, mask: MaskSet, k: int) -> dict:
+    from pipeline.sparsity.magnitude import imp_round_density
+    from pipeline.sparsity.record import SparsityRecord
+
     s = SparsityRecord.of(mask)
     target = 1 - imp_round_density(cfg.prune_fraction, k) if cfg.method == "imp" else cfg.target_sparsity
     return {"density": s.density, "sparsity": s.sparsity, "target_sparsity": target,

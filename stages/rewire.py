@@ -35,16 +35,13 @@ from typing import Any
 
 from pydantic import Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
 
-from pipeline.data import num_batches
 from pipeline.engine.errors import ConfigError
-from pipeline.metrics.flops import count_macs, inference_flops
 from pipeline.engine.schema import Ratio
-from pipeline.sparsity.dst import (METHODS, RewireHooks, Schedule, SparsityConfig, any_settings_model, build_method,
-                                   validate_sparsity)
+from pipeline.sparsity.dst import METHODS, Schedule, SparsityConfig, any_settings_model, validate_sparsity
 from pipeline.engine.stage import Stage, StageConfig
-from pipeline.sparsity.record import SparsityRecord
-from pipeline.train.checkpoints import save_trained
-from pipeline.train.loop import TrainingConfig, train
+from pipeline.train.config import TrainingConfig
+
+# The implementation (torch) is imported in run(): `validate` and `stages` import this module for its Config.
 
 
 class RewireConfig(StageConfig, TrainingConfig):
@@ -68,15 +65,29 @@ class RewireConfig(StageConfig, TrainingConfig):
         method = info.data.get("method")
         if method is None:  # the invalid method is the error; its settings cannot be judged
             return None
-        if isinstance(value, METHODS[method].Settings):
+        if isinstance(value, METHODS.spec(method).Settings):
             return value
         return validate_sparsity(method, value, epochs=info.data.get("epochs"))
+
+    @model_validator(mode="after")
+    def _fbp_signals_every_epoch(self):
+        # The reference reads FB+'s signals every epoch on the full val split; with every > 1 its "last 4
+        # differences" would span 4 * every epochs, with val_limit they would come from a subset. Refusing is
+        # simpler and more honest than a second, signal-only evaluation schedule.
+        if self.method == "flying_bird_plus":
+            bad = ([f"eval.every: {self.eval.every}"] if self.eval.every != 1 else []) + \
+                  ([f"eval.val_limit: {self.eval.val_limit}"] if self.eval.val_limit is not None else [])
+            if bad:
+                raise ValueError(f"method: 'flying_bird_plus' reads its signals every epoch on the full validation "
+                                 f"split (as the reference), which contradicts {' and '.join(bad)}; set eval.every: 1 "
+                                 "and drop eval.val_limit (or shrink data.val_size)")
+        return self
 
     @model_validator(mode="after")
     def _method_checks(self):
         if self.sparsity is not None and self.method in METHODS:
             try:
-                METHODS[self.method].check(self.sparsity, self.density)
+                METHODS.spec(self.method).check(self.sparsity, self.density)
             except ValueError as exc:
                 raise ValueError(f"sparsity: {exc}") from None
         return self
@@ -89,6 +100,13 @@ class Rewire(Stage):
     collective = True
 
     def run(self, ctx) -> None:
+        from pipeline.data.batches import num_batches
+        from pipeline.metrics.flops import count_macs, inference_flops
+        from pipeline.sparsity.dst import RewireHooks, build_method
+        from pipeline.sparsity.record import SparsityRecord
+        from pipeline.train.checkpoints import save_trained
+        from pipeline.train.loop import train
+
         cfg: RewireConfig = ctx.config
         data = ctx.data()
         model, _, card = ctx.input_or_new_model(data)  # an input's own masks, if any, are replaced

@@ -11,17 +11,14 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-import torch
 from pydantic import Field, PositiveInt
 
-from exports.onnx_export import export_onnx, graph_stats
-from exports.ort_runtime import ProviderMissing, available_providers, cpu_model
-from exports.runtime_compare import compare_models
 from exports.runtime_record import RuntimeRecord
 from pipeline.engine.rundir import StageRecord
 from pipeline.engine.errors import CheckpointError, ConfigError, PipelineError, StageFailed
 from pipeline.engine.stage import Stage, StageConfig
-from pipeline.models.card import build_model
+
+# The implementation (torch, onnx) is imported where it runs: `validate` and `stages` import this module for its Config.
 
 DENSE_FILE = "dense.onnx"
 
@@ -54,6 +51,10 @@ class RuntimeCheck(Stage):
     summary = "onnxruntime latency/throughput/size/RSS of each export variant against the dense baseline; budgets"
 
     def run(self, ctx) -> None:
+        from exports.onnx_export import graph_stats
+        from exports.ort_runtime import ProviderMissing, available_providers
+        from exports.runtime_compare import compare_models
+
         cfg: RuntimeCheckConfig = ctx.config
         card = ctx.input.model_holder().card
         shape = (card["in_chans"], *card["input_size"])
@@ -129,6 +130,8 @@ class RuntimeCheck(Stage):
     @staticmethod
     def _variants(ctx, cfg) -> dict:
         """name -> (path, graph stats) of each kept ONNX file of the export stage upstream."""
+        from exports.onnx_export import graph_stats
+
         recorded = ctx.input.data.get("variants")
         if not recorded:  # an export of older runs, or a stage that wrote only one file
             path = ctx.input.file(cfg.onnx_file)
@@ -142,6 +145,11 @@ class RuntimeCheck(Stage):
 
     @staticmethod
     def _dense_baseline(ctx, cfg, card, shape):
+        import torch
+
+        from exports.onnx_export import export_onnx
+        from pipeline.models.card import build_model
+
         path = ctx.dir / DENSE_FILE
         model, source = None, None
         if cfg.dense_from == "fresh":
@@ -199,6 +207,8 @@ class RuntimeCheck(Stage):
 
 
 def _environment(provider: str, threads: int, clock: str) -> dict:
+    from exports.ort_runtime import cpu_model
+
     import platform
 
     import onnxruntime as ort

@@ -53,3 +53,19 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, check:
     if check and proc.returncode != 0:
         raise AssertionError(f"pipeline {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+class Brightness(torch.nn.Module):
+    """A two-class model with a known answer under attack: class 1 iff the mean pixel is above 0.5."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(10.0))
+
+    def forward(self, x):
+        m = (x.mean(dim=(1, 2, 3)) - 0.5) * self.scale
+        return torch.stack([-m, m], dim=1)
+
+
+# one-pixel-value images for Brightness; distances to the 0.5 boundary: .3 .02 .01 .02 .03 .3
+BRIGHTNESS_MEANS = torch.tensor([0.2, 0.48, 0.49, 0.52, 0.53, 0.8])

@@ -1,72 +1,28 @@
 """Corruption robustness of a model: accuracy per corruption x severity, means, and clean accuracy.
 
 Follows RobustBench's convention: the headline figure is the unweighted mean accuracy over
-corruptions and severities (`mean_acc_15` over the 15 standard types, `mean_acc` over every type
-evaluated). A run uses either a published set or generated corruptions, never both in one mean.
+corruptions and severities (`mean_acc_15` over the 15 standard types, `mean_acc_19` over all 19, each
+only when every type of its set was evaluated; `mean_acc` over every type evaluated).
+A run uses either a published set or generated corruptions, never both in one mean.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from pipeline.engine.errors import DataError
 from pipeline.metrics.evaluation import evaluate
-from pipeline.engine.schema import StrictModel
 
-from pipeline.corruptions.catalog import ALL, SEVERITIES, STANDARD, get
+from pipeline.corruptions.catalog import ALL, get
 from pipeline.corruptions.generate import corrupt_images
+from pipeline.corruptions.means import exact_means
 from pipeline.corruptions.published import load_published
-
-CorruptionName = Literal[ALL]  # type: ignore[valid-type]
-
-
-class CorruptionConfig(StrictModel):
-    """The `corruptions:` block of the evaluate stage."""
-
-    path: Path | None = Field(default=None, description="directory of a published set: <corruption>.npy "
-                              "(5 severities x N images, uint8 NHWC) and labels.npy (CIFAR-10-C / CIFAR-100-C layout)")
-    generate: bool = Field(default=False, description="generate the corruptions from the test split when `path` "
-                           "is unset or absent (labelled 'generated')")
-    types: list[CorruptionName] | None = Field(default=None, description="default: all 19 (generated) or every "
-                                               "type present in `path`")
-    severities: list[int] = Field(default_factory=lambda: list(SEVERITIES))
-    limit: int | None = Field(default=None, gt=0, description="first N images per corruption x severity")
-    seed: int = Field(default=0, description="generation seed; fixed by default so all runs see the same images")
-    backend: Literal["builtin", "imagecorruptions"] = Field(
-        default="builtin", description="generator: builtin (CIFAR-10-C parameters, any size) or the optional "
-        "imagecorruptions package (ImageNet-C parameters, >= 32 px)")
-    batch_size: int | None = Field(default=None, gt=0, description="default: the stage's batch_size")
-
-    @field_validator("severities")
-    @classmethod
-    def _check_severities(cls, value: list[int]) -> list[int]:
-        bad = [s for s in value if s not in SEVERITIES]
-        if bad or not value or len(set(value)) != len(value):
-            raise ValueError(f"must be distinct values out of {list(SEVERITIES)}, got {value}")
-        return sorted(value)
-
-    @field_validator("types")
-    @classmethod
-    def _check_types(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and (not value or len(set(value)) != len(value)):
-            raise ValueError(f"must list distinct corruption names, got {value}")
-        return value
-
-    @model_validator(mode="after")
-    def _source(self):
-        if self.path is None and not self.generate:
-            raise ValueError("set `path` (a published CIFAR-10-C style directory) or `generate: true`")
-        if self.path is not None and not self.path.is_dir() and not self.generate:
-            raise ValueError(f"path: directory not found: {self.path}; set `generate: true` to generate the "
-                             "corruptions from the test split instead")
-        return self
+from pipeline.corruptions.config import CorruptionConfig, CorruptionName  # noqa: F401  (moved; still importable)
 
 
 def _to_nchw(images: np.ndarray) -> torch.Tensor:
@@ -127,7 +83,7 @@ def evaluate_corruptions(model: nn.Module, test_x: torch.Tensor, test_y: torch.T
 
     clean = evaluate(model, test_x, test_y, batch_size=bs, device=device, limit=clean_n)["acc"]
     all_accs = [a for accs in per.values() for a in accs]
-    standard = [a for name in STANDARD if name in per for a in per[name]]
+    mean_15, mean_19 = exact_means(per)
     result: dict[str, Any] = {
         "source": kind,
         "backend": backend,
@@ -139,7 +95,8 @@ def evaluate_corruptions(model: nn.Module, test_x: torch.Tensor, test_y: torch.T
         "clean_acc": clean,
         "clean_n": clean_n,
         "mean_acc": float(np.mean(all_accs)),
-        "mean_acc_15": float(np.mean(standard)) if all(name in per for name in STANDARD) else None,
+        "mean_acc_15": mean_15,
+        "mean_acc_19": mean_19,
         "per_type_mean": {name: float(np.mean(accs)) for name, accs in per.items()},
         "per": per,
         "seconds": round(time.time() - started, 3),

@@ -7,16 +7,30 @@
 """
 from __future__ import annotations
 
-from pipeline.data.augment import AUGMENTATIONS, augment_batch
+from typing import TYPE_CHECKING
+
+from pipeline.engine.lazy import lazy_exports
 from pipeline.engine.seeding import derive_seed
-from pipeline.data.batches import epoch_order, eval_batches, num_batches, train_batches
-from pipeline.data.config import DataConfig
-from pipeline.data.loading import AUTO_AUGMENT, load_dataset
-from pipeline.data.splits import KNOWN_STATS, DataSplits, channel_stats, split_val, subset_indices
+
+if TYPE_CHECKING:
+    from pipeline.data.splits import DataSplits
+
+# The torch modules (augment, batches, loading, splits) load on first use: `pipeline validate` imports
+# pipeline.data.config through this package and must not import torch.
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "AUGMENTATIONS": "pipeline.data.augment", "augment_batch": "pipeline.data.augment",
+    "epoch_order": "pipeline.data.batches", "eval_batches": "pipeline.data.batches",
+    "num_batches": "pipeline.data.batches", "train_batches": "pipeline.data.batches",
+    "DataConfig": "pipeline.data.config",
+    "AUTO_AUGMENT": "pipeline.data.loading", "load_dataset": "pipeline.data.loading",
+    "KNOWN_STATS": "pipeline.data.splits", "DataSplits": "pipeline.data.splits", "channel_stats": "pipeline.data.splits",
+    "split_val": "pipeline.data.splits", "subset_indices": "pipeline.data.splits",
+})
 
 
 def training_batches(data: DataSplits, **kwargs):
     """The epoch's training batches of `data`, in memory or streamed (same keywords as train_batches)."""
+    from pipeline.data.batches import train_batches
     from pipeline.data.streaming import StreamingSplits, stream_train_batches
 
     if isinstance(data, StreamingSplits):

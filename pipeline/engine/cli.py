@@ -48,7 +48,8 @@ def _build_parser() -> argparse.ArgumentParser:
     cmp_ = sub.add_parser("compare", help="side-by-side table of runs (RA/SA best, final, diff, FLOPs, gap)")
     cmp_.add_argument("run_dirs", type=Path, nargs="+")
     cmp_.add_argument("--out", type=Path, default=Path("comparison.md"),
-                      help="markdown file to write (.csv and .json beside it; default: ./comparison.md)")
+                      help="markdown file to write (.csv and .json beside it, and FILE_security_curves.png "
+                      "when runs have security curves; default: ./comparison.md)")
     cmp_.add_argument("--label", dest="labels", action="append", metavar="NAME",
                       help="row label, once per run in the given order (default: the run's name)")
 
@@ -108,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args) -> int:
-    from pipeline.engine.config import load_config
-
+    # each command imports what it uses: `models` and `--help` need neither pydantic nor the stages
     if args.command == "validate":
         from pipeline.data.check import describe_data
+        from pipeline.engine.config import load_config
 
         cfg = load_config(args.config, args.overrides)
         if args.print_config:
@@ -126,6 +127,7 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "run":
         from pipeline.data.check import describe_data
+        from pipeline.engine.config import load_config
         from pipeline.engine.runner import Runner
 
         cfg = load_config(args.config, args.overrides)
@@ -175,9 +177,9 @@ def _dispatch(args) -> int:
         _print_stages()
         return 0
     if args.command == "models":
-        from pipeline.models import list_models
+        from pipeline.models.names import known_models
 
-        print("\n".join(list_models()))
+        print("\n".join(known_models()))
         return 0
     raise AssertionError(args.command)
 

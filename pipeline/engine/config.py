@@ -47,9 +47,9 @@ class ModelSection(StrictModel):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, value: str) -> str:
-        from pipeline.models import list_models
+        from pipeline.models.names import known_models
 
-        names = list_models()
+        names = known_models()
         if value not in names:
             raise ValueError(f"unknown model {value!r}; valid: {', '.join(names)}")
         return value
@@ -311,6 +311,7 @@ def validate_tree(tree: dict, source: str | None = None) -> PipelineConfig:
         raw_stages = []
 
     seen: dict[str, int] = {}
+    types: dict[str, str] = {}  # validated stage name -> its type
     warnings: list[str] = []
     previous: str | None = None
     for i, raw in enumerate(raw_stages):
@@ -350,8 +351,11 @@ def validate_tree(tree: dict, source: str | None = None) -> PipelineConfig:
         if st.input is not None and st.input not in seen or (st.input == name):
             if st.input is not None:
                 problems.append(f"{where}.input: {st.input!r} is not an earlier stage (earlier: {', '.join(n for n in seen if n != name) or 'none'})")
+        elif st.input in types:
+            cls.follow_input(st, types[st.input])
         problems.extend(_training_sanity(st, where, warnings))
         stages.append(st)
+        types[name] = str(stype)
         previous = name
 
     if problems:
@@ -375,6 +379,12 @@ def _training_sanity(st, where: str, warnings: list[str]) -> list[str]:
         if getattr(opt, "weight_decay", 0) > MAX_WEIGHT_DECAY:
             problems.append(f"{where}.optimizer.weight_decay: {opt.weight_decay:g} would shrink the weights to "
                             f"nothing (at most {MAX_WEIGHT_DECAY:g}; the papers use 5e-4)")
+    if getattr(st, "mode", None) == "fast" and sched is not None and sched.kind != "cyclic" \
+            and "schedule" not in st.model_fields_set:
+        # early_bird defaults fast AT to the reference's cyclic lr; elsewhere the default is only said
+        warnings.append(f"{where}.schedule: mode 'fast' trains with this stage's default {sched.kind} schedule; "
+                        "FGSM-RS fast AT (Wong et al., spec §2.1) uses schedule: {kind: cyclic, peak_fraction: 0.4} "
+                        "with optimizer.lr: 0.2")
     if sched is not None and isinstance(epochs, int) and getattr(sched, "kind", None) == "multistep":
         late = [m for m in sched.milestones if m >= epochs]
         if late:

@@ -20,13 +20,17 @@ import datetime
 import hashlib
 import inspect
 import os
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING
 
 from pipeline.engine.errors import ConfigError, PipelineError
+
+# torch is imported where a process group or a tensor is used, not at import: the light commands
+# (validate, status, stages) import this module and must start without torch
+if TYPE_CHECKING:
+    import torch
 
 
 class DistributedError(PipelineError):
@@ -61,6 +65,8 @@ def init(settings, device: torch.device) -> torch.device:
     world = env_world()
     if world.size <= 1:
         return device
+    import torch.distributed as dist
+
     if dist.is_initialized():
         _world = World(dist.get_rank(), dist.get_world_size(), world.local_rank)
         return _local_device(device, world)
@@ -81,6 +87,8 @@ def init(settings, device: torch.device) -> torch.device:
 def _local_device(device: torch.device, world: World) -> torch.device:
     if device.type != "cuda":
         return device
+    import torch
+
     count = torch.cuda.device_count()
     if world.local_rank >= count:
         raise ConfigError(f"LOCAL_RANK {world.local_rank}: this node has {count} CUDA device(s); "
@@ -91,7 +99,8 @@ def _local_device(device: torch.device, world: World) -> torch.device:
 
 def shutdown() -> None:
     global _world
-    if dist.is_initialized():
+    dist = sys.modules.get("torch.distributed")  # never imported: no process group to leave
+    if dist is not None and dist.is_initialized():
         dist.destroy_process_group()
     _world = World()
 
@@ -154,6 +163,8 @@ def rank_zero_first() -> Iterator[None]:
 
 def barrier() -> None:
     if active():
+        import torch.distributed as dist
+
         dist.barrier()
 
 
@@ -161,6 +172,8 @@ def broadcast_object(obj):
     """Rank 0's `obj` on every rank."""
     if not active():
         return obj
+    import torch.distributed as dist
+
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
@@ -170,6 +183,8 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum over ranks, in place (gloo reduces on the CPU, so CUDA tensors travel through the host)."""
     if not active():
         return t
+    import torch.distributed as dist
+
     if dist.get_backend() == "gloo" and t.device.type != "cpu":
         host = t.cpu()
         dist.all_reduce(host)
@@ -202,6 +217,8 @@ def check_batch_size(batch_size: int, n_train: int, drop_last: bool, where: str)
 
 
 def mask_digests(masks: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    import torch
+
     return {name: hashlib.sha256(m.detach().to("cpu", torch.bool).contiguous().numpy().tobytes()).hexdigest()[:16]
             for name, m in masks.items()}
 
@@ -210,6 +227,8 @@ def sync_masks(masks: Mapping[str, torch.Tensor] | None, where: str) -> None:
     """Stop the run when any rank's masks differ from rank 0's (call after every mask change)."""
     if masks is None or not active():
         return
+    import torch.distributed as dist
+
     mine = mask_digests(masks)
     everyone: list = [None] * world_size()
     dist.all_gather_object(everyone, mine)

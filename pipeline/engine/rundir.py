@@ -13,14 +13,14 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from pipeline.engine import integrity, store
 from pipeline.engine.errors import CheckpointError, PipelineError
 from pipeline.engine.progress import progress_detail
 from pipeline.engine.section import T
 
 if TYPE_CHECKING:
+    import torch
+
     from pipeline.engine.config import PipelineConfig
 
 STAGE_JSON = "stage.json"

@@ -7,19 +7,22 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import yaml
 
 from pipeline.engine import distributed, integrity, runguard, store
 from pipeline.engine.config import PipelineConfig
 from pipeline.engine.console import Console
-from pipeline.engine.context import StageContext
 from pipeline.engine.rundir import (PROGRESS_DIR, STAGE_JSON, RunDir, StageRecord, output_fingerprint,
                                     stage_fingerprint)
 from pipeline.engine.seeding import seed_everything
 from pipeline.engine.errors import CheckpointError, ConfigError, PipelineError, UsageError
 from pipeline.engine.registry import STAGES
+
+# torch and the stage context (models, structure) are imported when a stage runs: `status` builds a Runner
+if TYPE_CHECKING:
+    import torch
 
 RUN_JSON = "run.json"
 
@@ -35,6 +38,8 @@ class StageStatus:
 
 
 def resolve_device(requested: str) -> torch.device:
+    import torch
+
     if requested == "cuda":
         if not torch.cuda.is_available():
             raise UsageError("--device cuda: no CUDA device is visible to torch (torch.cuda.is_available() is False)")
@@ -135,6 +140,8 @@ class Runner:
             integrity.forget_stage(self.run_dir, st.name)
             _clear_outputs(sdir, keep_progress=not fresh)
         distributed.barrier()
+        from pipeline.engine.context import StageContext
+
         ctx = StageContext(pipeline_config=self.cfg, stage_cfg=st, run_dir=self.run_dir, device=device,
                            console=self.console, fingerprint=fp, data_cache=self._data_cache)
         self.console.always(f"[{st.name}] running {st.type} ({why})")

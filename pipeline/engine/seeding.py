@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import random
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Stream:
@@ -36,6 +39,8 @@ def derive_seed(*parts: int | str) -> int:
 
 def derived_generator(seed: int, *keys: int | str, device: torch.device | str = "cpu") -> torch.Generator:
     """A generator seeded from (seed, *keys), e.g. (seed, Stream.DST_GROW, step, layer_index)."""
+    import torch
+
     return torch.Generator(device=device).manual_seed(derive_seed(seed, *keys))
 
 
@@ -45,6 +50,8 @@ def eval_attack_seed(seed: int, epoch: int) -> int:
 
 
 def seed_everything(seed: int) -> None:
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -52,6 +59,8 @@ def seed_everything(seed: int) -> None:
 
 def capture_rng() -> dict:
     """Every global generator's state as plain tensors and numbers (loadable with weights_only=True)."""
+    import torch
+
     np_state = np.random.get_state()
     version, internal, gauss = random.getstate()
     state = {
@@ -66,6 +75,8 @@ def capture_rng() -> dict:
 
 
 def restore_rng(state: dict) -> None:
+    import torch
+
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))

@@ -33,5 +33,11 @@ class Stage:
     # runs it alone while the others wait (plugins default to that: they need not know about ranks).
     collective: ClassVar[bool] = False
 
+    @classmethod
+    def follow_input(cls, config: StageConfig, input_type: str) -> None:
+        """Defaults that depend on the type of the input stage, set in place on a validated config (e.g.
+        finetune after early_bird takes Robust Bird's stage-2 milestones). Touch only keys the user did not
+        write (pydantic's model_fields_set), and leave them out of it so they still read as defaults."""
+
     def run(self, ctx: StageContext) -> None:  # pragma: no cover - interface
         raise NotImplementedError

@@ -13,16 +13,16 @@ import io
 import json
 import os
 import tempfile
+import sys
 from pathlib import Path
-from typing import Any, Iterator
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+from typing import TYPE_CHECKING, Any, Iterator
 
 from pipeline.engine import distributed
 from pipeline.engine.errors import CheckpointError
+
+# torch and safetensors are imported by the tensor functions only: the light commands read JSON through here
+if TYPE_CHECKING:
+    import torch
 
 
 def _current_umask() -> int:
@@ -106,7 +106,8 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> str:
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+    torch = sys.modules.get("torch")  # not imported: obj cannot be a tensor
+    if torch is not None and isinstance(obj, torch.Tensor) and obj.numel() == 1:
         return obj.item()
     if hasattr(obj, "item"):  # numpy scalars
         return obj.item()
@@ -154,12 +155,17 @@ def verify_file(path: str | os.PathLike, expected_sha256: str | None) -> bytes:
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:
     """Save tensors as safetensors, atomically; return the file's sha256."""
+    from safetensors.torch import save as st_save
+
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     data = st_save(flat, metadata=metadata)
     return atomic_write_bytes(path, data)
 
 
 def load_tensors(path: str | os.PathLike, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load as st_load
+
     data = verify_file(path, expected_sha256)
     try:
         return st_load(data)
@@ -169,12 +175,16 @@ def load_tensors(path: str | os.PathLike, expected_sha256: str | None = None) ->
 
 def save_state(path: str | os.PathLike, obj: Any) -> str:
     """torch.save of tensors and plain containers only (loadable with weights_only=True), atomically."""
+    import torch
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     return atomic_write_bytes(path, buf.getvalue())
 
 
 def load_state(path: str | os.PathLike, expected_sha256: str | None = None) -> Any:
+    import torch
+
     data = verify_file(path, expected_sha256)
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

@@ -13,9 +13,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.metrics.attacks import SPLITS, AttackConfig, advertorch_pgd
+from pipeline.metrics.curve_config import SecurityCurve
 from pipeline.engine import distributed
 from pipeline.engine.errors import CheckpointError, ConfigError, DataError, PipelineError
 from pipeline.engine.seeding import derive_seed
+from pipeline.train.config import SELECTION_KEYS
 
 
 def _as_tensor(a: Any, what: str) -> Tensor:
@@ -161,10 +163,8 @@ def _diff(a: float | None, b: float | None) -> float | None:
 
 
 # The best epoch is the one with the highest val RA; with val SA when the evaluation measured no RA
-# (clean training evaluated without an attack). Training, evaluate and compare all choose by this.
-SELECTION_KEYS = ("val_ra", "val_sa")
-
-
+# (clean training evaluated without an attack). Training, evaluate and compare all choose by this
+# (SELECTION_KEYS lives with the training config, which validates without torch).
 def selection_key(history: Sequence[dict]) -> str | None:
     """The key a logged history's best epoch is chosen on (None: no val figure was logged)."""
     return next((k for k in SELECTION_KEYS if any(_has(row, k) for row in history)), None)
@@ -191,6 +191,25 @@ def summarize_history(history: Sequence[dict], select_key: str = "val_ra") -> di
         "SA_best": sa_best, "SA_final": sa_final, "SA_diff": _diff(sa_best, sa_final),
         "best_epoch": row.get("epoch", i),
     }
+
+
+def _max(history: Sequence[dict], key: str) -> float | None:
+    values = [row[key] for row in history if _has(row, key)]
+    return max(values) if values else None
+
+
+def rb_script_summary(history: Sequence[dict]) -> dict[str, Any]:
+    """Robust Bird's train_eb.py summary (spec §1.1), test-selected, each maximum over its own epoch:
+    RA_best = max test RA, SA_best = max test SA, gap_best = max running train acc - RA_best,
+    gap_final = last running train acc - RA_final. Only for rebuilding RB rows: the headline figures
+    (summarize_history, robust_gap_*) select on val and use the canonical gap. Missing values are None."""
+    ra_best, sa_best = _max(history, "test_ra"), _max(history, "test_sa")
+    ra_final, sa_final = _last(history, "test_ra"), _last(history, "test_sa")
+    train_best, train_final = _max(history, "train_acc"), _last(history, "train_acc")
+    return {"RA_best": ra_best, "RA_final": ra_final, "RA_diff": _diff(ra_best, ra_final),
+            "SA_best": sa_best, "SA_final": sa_final, "SA_diff": _diff(sa_best, sa_final),
+            "gap_best": _diff(train_best, ra_best), "gap_final": _diff(train_final, ra_final),
+            "evaluated_epochs": sum(1 for row in history if _has(row, "test_ra"))}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -286,7 +305,7 @@ class SplitScores:
 _SPLIT_FIELDS = ("sa", "n", "loss", "ra", "robust_loss")
 _SUMMARY_KEYS = ("RA_best", "RA_final", "RA_diff", "SA_best", "SA_final", "SA_diff", "best_epoch")
 _TAIL = ("robust_overfitting", "robust_overfitting_measured", "robust_gap_best", "robust_gap_final", "density",
-         "corruption")
+         "corruption", "rb_script")
 
 
 @dataclass
@@ -294,7 +313,8 @@ class EvaluationMetrics:
     """The metrics of an evaluate stage, stored flat in stage.json `metrics` (and metrics.json):
     `{split}_{sa,n,loss,ra,robust_loss}` of the selected checkpoint under the first attack, its gaps,
     every attack in `ra`, each judged checkpoint in `checkpoints`, the training history's summary as
-    `history_*`, and the overfitting, per-checkpoint gaps, density and corruption figures."""
+    `history_*`, the overfitting, per-checkpoint gaps, density and corruption figures, and the security
+    curve (RA against eps) when one was asked for."""
 
     SECTION: ClassVar[str] = "metrics"
 
@@ -312,6 +332,8 @@ class EvaluationMetrics:
     robust_gap_final: float | None = None
     density: float | None = None
     corruption: dict | None = None
+    security_curve: SecurityCurve | None = None
+    rb_script: dict | None = None  # rb_script_summary of the history, when the evaluate stage asks for it
 
     def split(self, name: str) -> SplitScores | None:
         return self.splits.get(name)
@@ -326,6 +348,8 @@ class EvaluationMetrics:
         m.update({"attack": self.attack, "ra": self.ra, "checkpoints": self.checkpoints})
         m.update({f"history_{k}": v for k, v in self.history.items()})
         m.update({k: getattr(self, k) for k in _TAIL if getattr(self, k) is not None})
+        if self.security_curve is not None:
+            m["security_curve"] = self.security_curve.to_json()
         return m
 
     @classmethod
@@ -341,6 +365,8 @@ class EvaluationMetrics:
             split, _, rest = key.partition("_")
             if key in plain:
                 kwargs[key] = value
+            elif key == "security_curve":
+                kwargs[key] = SecurityCurve.from_json(value, f"{where}.security_curve")
             elif key.startswith("history_") and key[8:] in _SUMMARY_KEYS:
                 kwargs["history"][key[8:]] = value
             elif split in SPLITS and rest in _SPLIT_FIELDS:

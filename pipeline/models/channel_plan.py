@@ -24,7 +24,7 @@ from torch import nn
 from pipeline.metrics.flops import count_macs
 from pipeline.models.structure import channel_groups, module_names, root_of
 
-CRITERIA = ("l1", "l2", "bn_scale", "taylor")
+from pipeline.models.channel_config import CRITERIA  # noqa: F401  (moved; still importable)
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Architectures by name: `@register_model("name")` on a factory, `create_model("name", ...)` to build."""
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 
 from torch import nn
@@ -10,6 +11,18 @@ from pipeline.models.classifier import ClassifierModel
 NetFactory = Callable[..., nn.Module]  # fn(*, num_classes: int, in_chans: int) -> bare network
 
 _FACTORIES: dict[str, NetFactory] = {}
+# The families register themselves when imported; they are imported on the first look-up (they import
+# this module for `register_model`, so not at import time).
+_FAMILIES = ("imagenet_resnet", "preact_resnet", "resnet_cifar", "small_cnn", "vgg", "wide_resnet")
+_families_loaded = False
+
+
+def _load_families() -> None:
+    global _families_loaded
+    if not _families_loaded:
+        _families_loaded = True
+        for family in _FAMILIES:
+            importlib.import_module(f"pipeline.models.{family}")
 
 
 def register_model(name: str) -> Callable[[NetFactory], NetFactory]:
@@ -25,6 +38,7 @@ def register_model(name: str) -> Callable[[NetFactory], NetFactory]:
 
 
 def list_models() -> list[str]:
+    _load_families()
     return sorted(_FACTORIES)
 
 
@@ -45,6 +59,7 @@ def create_model(arch: str, *, num_classes: int, in_chans: int = 3,
     mean/std default to 0.5 per channel. Raises ValueError for an unknown arch (listing the valid
     names), bad class/channel counts, or mean/std of the wrong length.
     """
+    _load_families()
     if arch not in _FACTORIES:
         raise ValueError(f"unknown model {arch!r}; valid names: {', '.join(list_models())}")
     if num_classes < 1:

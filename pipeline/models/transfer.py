@@ -12,26 +12,14 @@ further fine-tuning) work on the dataset the model was last trained on, not the 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
 
 import torch
-from pydantic import Field
 
-from pipeline.data import DataConfig, DataSplits
+from pipeline.data import DataSplits
 from pipeline.engine.errors import CheckpointError, DataError
 from pipeline.models.card import model_card
-from pipeline.engine.schema import StrictModel
+from pipeline.models.transfer_config import TransferConfig  # noqa: F401  (moved; still importable)
 from pipeline.sparsity import MaskSet
-
-class TransferConfig(StrictModel):
-    """The `transfer:` block of a finetune stage."""
-
-    data: DataConfig = Field(description="dataset B, a full data section (train_fraction / subset / subset_seed "
-                                         "give the data-limited 1% and 10% settings)")
-    head: Literal["new", "keep"] = Field(
-        default="new", description="new: a fresh dense classifier for B's classes; keep: reuse the head (same classes)")
-    keep_mask: bool = Field(default=True, description="keep the ticket's backbone mask during fine-tuning "
-                                                      "(false: fine-tune every weight, the pruned ones start at 0)")
 
 
 def dataset_label(name: str, source: str = "") -> str:

@@ -5,9 +5,11 @@
 
 One row per run (`pipeline.reporting.summary.summarize_run`): RA best / final / diff, SA best / final /
 diff, training FLOPs (paper-compatible and corrected), inference FLOPs of the final model, robust
-generalization gap; optional columns (density, other attacks' RA, corruption mean accuracy, CPU latency)
-appear when any run has them. Which stage each number comes from is stated per run, and what each
-column means in the footnotes.
+generalization gap; optional columns (density, other attacks' RA, the images behind RA, the 15- and 19-type
+corruption means, CPU latency) appear when any run has them. Which stage each number comes from is stated
+per run, and what each column means in the footnotes; a corruption mean on generated images, fewer types or
+fewer severities carries a marker explained there. Runs with a security curve get a table of RA at every
+eps, and with --out one figure of all the curves (FILE_security_curves.png).
 """
 from __future__ import annotations
 
@@ -17,9 +19,11 @@ import math
 from collections import Counter
 from pathlib import Path
 
+from pipeline.corruptions.means import LEGEND
 from pipeline.engine import store
 from pipeline.engine.errors import PipelineError
 from pipeline.engine.rundir import RunDir
+from pipeline.reporting.curves import NOTE, curve_plot, curve_table
 from pipeline.reporting.format import engineering, fmt, md_table
 from pipeline.reporting.summary import COLUMNS, OPTIONAL_COLUMNS, Column, summarize_run
 
@@ -70,7 +74,8 @@ def compare_runs(run_dirs: list[Path], out: Path | None = None, labels: list[str
         for r in rows:
             r[key] = ((r.get("ra_attacks") or {}).get(name) or {}).get("test")
         columns.append(Column(key, f"RA {name}", f"test RA (%) of the final model under `{name}` "
-                              f"({_attack_of(rows, name)}), evaluate stage", optional=True))
+                              f"({_attack_of(rows, name)}), evaluate stage; (n = ...) the test images it ran on",
+                              optional=True))
 
     units = {c.key: _unit(rows, c.key) for c in columns if c.flops}
     headers, align = ["run"], ["l"]
@@ -87,6 +92,12 @@ def compare_runs(run_dirs: list[Path], out: Path | None = None, labels: list[str
                 cells.append("—" if v is None else f"{v / units[c.key][0]:.2f}")
             elif c.key == "robust_gap" and len(rows) > 1:
                 cells.append(_gap_cell(v, reference, i == 0))
+            elif c.key.startswith("corruption_mean_"):
+                marks = (r.get("corruption_marks") or {}).get(c.key, "") if v is not None else ""
+                cells.append(fmt(v, c.digits) + marks)
+            elif c.key.startswith("ra_") and c.key[3:] in attack_names and v is not None:
+                n = ((r.get("ra_attacks") or {}).get(c.key[3:]) or {}).get("n")
+                cells.append(fmt(v, c.digits) + (f" (n = {fmt(n)})" if n is not None else ""))
             else:
                 cells.append(fmt(v, c.digits))
         table_rows.append(cells)
@@ -105,11 +116,11 @@ def compare_runs(run_dirs: list[Path], out: Path | None = None, labels: list[str
     eval_attacks = sorted({r.get("eval_attack") for r in rows if r.get("eval_attack")})
     if eval_attacks:
         notes.append(f"- Gap measured under: {'; '.join(eval_attacks)}.")
-    sources = {r["label"]: r.get("corruption_source") for r in rows if r.get("corruption_mean_acc") is not None}
-    if sources:
-        notes.append("- Corruption sets: " + ", ".join(f"{k}: {v}" for k, v in sources.items())
-                     + (" (generated and published sets are not comparable)" if len(set(sources.values())) > 1 else "")
-                     + ".")
+    notes += _corruption_notes(rows)
+    if any(r.get("test_n") is not None for r in rows):
+        notes.append("- RA n (test images): " + ", ".join(
+            f"{r['label']}: RA best/final {fmt(r.get('ra_n'))}, evaluate stage {fmt(r.get('test_n'))}"
+            for r in rows if r.get("final_stage") is not None) + ".")
     per_run = []
     for r in rows:
         if r.get("final_stage") is None:
@@ -124,13 +135,20 @@ def compare_runs(run_dirs: list[Path], out: Path | None = None, labels: list[str
             + (f", training stages {' + '.join(f'`{s}`' for s in r['training_stages'])}" if r["training_stages"] else "")
             + (f", evaluated by `{r['evaluate_stage']}` (gap at the {r.get('gap_checkpoint')} checkpoint)"
                if r.get("evaluate_stage") else ", not evaluated") + ".")
-    text = (md_table(headers, table_rows, align) + "\n\n" + "\n".join(notes) + "\n\nSources:\n" + "\n".join(per_run)
-            + "\n")
+    curves = {r["label"]: r["security_curve"] for r in rows if r.get("security_curve") is not None}
+    curve_text = ""
+    if curves:
+        curve_text = ("\n\n### Security curves\n\n" + NOTE + "\n\n" + curve_table(curves)
+                      + (f"\n\n![security curves]({_curve_figure(curves, out).name})" if out is not None else
+                         "\n\n(`--out FILE.md` also draws them on one figure.)"))
+    text = (md_table(headers, table_rows, align) + "\n\n" + "\n".join(notes) + curve_text
+            + "\n\nSources:\n" + "\n".join(per_run) + "\n")
 
     keys = ["label", "run_dir", "final_stage", "history_stage", "evaluate_stage", "best_epoch", "gap_checkpoint",
-            *[c.key for c in columns], "inference_flops_dense", "training_stages"]
+            *[c.key for c in columns], "inference_flops_dense", "corruption_mean_acc", "training_stages"]
     data = {"columns": [{"key": c.key, "title": c.title, "definition": c.note} for c in columns],
             "rows": [{k: r.get(k) for k in keys} | {"details": _details(r)} for r in rows],
+            "security_curves": {label: c.to_json() for label, c in curves.items()},
             "markdown": text}
     if out is not None:
         out = Path(out)
@@ -140,9 +158,28 @@ def compare_runs(run_dirs: list[Path], out: Path | None = None, labels: list[str
     return text, data
 
 
+def _corruption_notes(rows: list[dict]) -> list[str]:
+    """Legend of the corruption columns' markers and what each run's means were computed on."""
+    runs = [r for r in rows if r.get("corruption_source") is not None]
+    if not runs:
+        return []
+    notes = ["- Corruption sets: " + "; ".join(f"{r['label']}: {r['corruption_described']}" for r in runs)
+             + (" (generated and published sets are not comparable)"
+                if len({r['corruption_source'] for r in runs}) > 1 else "") + "."]
+    used = "".join((r.get("corruption_marks") or {}).get(k, "") for r in runs
+                   for k in ("corruption_mean_15", "corruption_mean_19"))
+    notes += [f"- {mark} {LEGEND[mark]}." for mark in LEGEND if mark in used]
+    return notes
+
+
+def _curve_figure(curves: dict, out: Path) -> Path:
+    path = out.with_name(out.stem + "_security_curves.png")
+    return curve_plot(curves, path, "robust accuracy against eps")
+
+
 def _details(r: dict) -> dict:
-    keys = ("run_name", "train_ra", "test_ra", "test_sa", "train_n", "eval_attack", "history_attack",
-            "best_selected_on", "cpu_b1_p90_ms", "corruption_source", "ra_attacks")
+    keys = ("run_name", "train_ra", "test_ra", "test_sa", "train_n", "test_n", "eval_attack", "history_attack",
+            "best_selected_on", "cpu_b1_p90_ms", "corruption_source", "corruption_described", "ra_attacks")
     return {k: r.get(k) for k in keys if r.get(k) is not None}
 
 

@@ -64,6 +64,11 @@ def _over_255(x: float) -> str:
     return f"{round(scaled)}/255" if abs(scaled - round(scaled)) < 1e-6 else f"{x:.4g}"
 
 
+def eps_text(x: float) -> str:
+    """An L-inf budget as papers write it: '8/255' when it is a whole number of 255ths."""
+    return _over_255(x)
+
+
 def attack_text(attack: dict | None, short: bool = False) -> str:
     """An attack config dump (training, evaluation or AutoAttack) as people read it: in full 'PGD-20,
     eps 8/255, step 2/255, random start, 1 restart'; `short` gives the name alone ('PGD-20', 'FGSM-RS')."""

@@ -309,3 +309,31 @@ def corruption(per: Mapping[str, Sequence[float]], path: Path, *, title: str, cl
     ax.grid(axis="x", visible=False)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False)
     return _save(fig, path)
+
+
+@_styled
+def security_curves(curves: Mapping[str, Mapping[str, Sequence[float | None]]], path: Path, *, title: str,
+                    n_text: str | None = None) -> Path:
+    """Robust accuracy against eps, one line per run on one axis: `curves` label -> {"eps": [...],
+    "pgd": [...], optional "autoattack": [...]} (eps in [0, 1], drawn in units of 1/255; AutoAttack dashed)."""
+    fig, (ax,) = _figure(8.5, 4.4)
+    palette = [COLORS[k] for k in ("a", "b", "c", "d", "train", "test_sa", "val_sa")]
+    ticks: set[float] = set()
+    for i, (label, c) in enumerate(curves.items()):
+        color = palette[i % len(palette)]
+        xs = [e * 255 for e in c["eps"]]
+        ticks.update(xs)
+        pts = [(x, v) for x, v in zip(xs, c["pgd"]) if num(v) is not None]
+        if pts:
+            ax.plot(*zip(*pts), "-", marker="o", ms=4, lw=1.6, color=color, label=f"{label} ({c.get('attack', 'PGD')})")
+        aa = [(x, v) for x, v in zip(xs, c.get("autoattack") or []) if num(v) is not None]
+        if aa:
+            ax.plot(*zip(*aa), "--", marker="s", ms=3.5, lw=1.4, color=color, label=f"{label} (AutoAttack)")
+    if ticks:
+        ax.set_xticks(sorted(ticks), labels=[f"{t:g}" for t in sorted(ticks)])
+    ax.set_xlabel("eps (×1/255, L∞)")
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title + (f"\n{n_text}" if n_text else ""))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False)
+    return _save(fig, path)

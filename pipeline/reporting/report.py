@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.corruptions.means import LEGEND
 from pipeline.engine import store
 from pipeline.engine.errors import PipelineError
 from pipeline.engine.rundir import RunDir
@@ -109,5 +110,7 @@ def summary(rep: Report) -> None:
         value = row.get(col.key)
         if value is None and col.optional:
             continue
-        rows.append([col.title, fmt(value, col.digits) if not col.flops else flops_text(value), col.note])
+        marks = (row.get("corruption_marks") or {}).get(col.key, "") if value is not None else ""
+        note = col.note + "".join(f"; {m} {LEGEND[m]}" for m in marks)
+        rows.append([col.title, (fmt(value, col.digits) + marks) if not col.flops else flops_text(value), note])
     rep.add(md_table(["quantity", "value", "definition"], rows, ["l", "r", "l"]))

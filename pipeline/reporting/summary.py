@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from exports.runtime_record import RuntimeRecord
+from pipeline.corruptions.means import column_means, describe
 from pipeline.engine.errors import PipelineError
 from pipeline.engine.rundir import MASKS, RunDir, StageRecord
 from pipeline.metrics.evaluation import EvaluationMetrics, selection_key, summarize_history
@@ -50,8 +51,12 @@ OPTIONAL_COLUMNS = (
     Column("density", "Density", "fraction of prunable weights kept in the final model", digits=3, optional=True),
     Column("robust_gap_running_train", "Gap (running)", "running train-batch adversarial accuracy of the last "
            "epoch − test RA (Robust Bird script's variant, pp)", optional=True),
-    Column("corruption_mean_acc", "Corruption mean", "unweighted mean accuracy (%) over corruption types × "
-           "severities (RobustBench convention)", optional=True),
+    Column("ra_n", "RA n", "test images behind RA best / final (the training stage's per-epoch evaluation)",
+           optional=True),
+    Column("corruption_mean_15", "Corruption mean (15)", "unweighted mean accuracy (%) over the 15 standard "
+           "corruption types × severities (RobustBench's CIFAR-10-C convention)", optional=True),
+    Column("corruption_mean_19", "Corruption mean (19)", "unweighted mean accuracy (%) over all 19 types "
+           "(the 15 standard + speckle noise, gaussian blur, spatter, saturate) × severities", optional=True),
     Column("cpu_b1_median_ms", "CPU b1 median (ms)", "onnxruntime CPU latency, batch 1, median", digits=3,
            optional=True),
 )
@@ -117,6 +122,9 @@ def summarize_run(run: RunDir, label: str | None = None) -> dict[str, Any]:
         row.update({"history_stage": hist_stage.name, "best_epoch": s["best_epoch"], "best_selected_on": key,
                     "ra_best": s["RA_best"], "ra_final": s["RA_final"], "ra_diff": s["RA_diff"],
                     "sa_best": s["SA_best"], "sa_final": s["SA_final"], "sa_diff": s["SA_diff"]})
+        # history rows record the images they were measured on (older runs do not)
+        ns = {row.get("test_n") for row in history if num(row.get("test_ra")) is not None} - {None}
+        row["ra_n"] = ns.pop() if len(ns) == 1 else None
         eval_attack = (hist_stage.config.get("eval") or {}).get("attack")
         row["history_attack"] = attack_text(eval_attack) if eval_attack else None
 
@@ -144,13 +152,22 @@ def summarize_run(run: RunDir, label: str | None = None) -> dict[str, Any]:
             row[key] = m.split(split).ra if m.split(split) else None
         row["test_sa"] = m.split("test").sa if m.split("test") else None
         row["train_n"] = m.split("train").n if m.split("train") else None
+        row["test_n"] = m.split("test").n if m.split("test") else None
         row["eval_attack"] = attack_text(m.attack)
         # the first attack is the one behind test_ra and the gap; columns only for the further ones
-        row["ra_attacks"] = {name: {"test": num(r.get("test")), "attack": attack_text(r.get("attack"))}
+        row["ra_attacks"] = {name: {"test": num(r.get("test")), "attack": attack_text(r.get("attack")),
+                                    "n": (r.get("n") or {}).get("test")}
                              for name, r in list(m.ra.items())[1:]}
         if m.corruption is not None:
-            row["corruption_mean_acc"] = num(m.corruption.get("mean_acc"))
-            row["corruption_source"] = m.corruption.get("source")
+            means = column_means(m.corruption)
+            row.update({"corruption_mean_15": means["mean_15"], "corruption_mean_19": means["mean_19"],
+                        "corruption_marks": {"corruption_mean_15": means["marks_15"],
+                                             "corruption_mean_19": means["marks_19"]},
+                        "corruption_mean_acc": num(m.corruption.get("mean_acc")),  # every type evaluated
+                        "corruption_source": m.corruption.get("source"),
+                        "corruption_described": describe(m.corruption)})
+        if m.security_curve is not None:
+            row["security_curve"] = m.security_curve
     rt = _last_runtime(run)
     if rt is not None:
         b1 = rt.batch("cpu", 1) or {}

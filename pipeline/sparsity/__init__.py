@@ -8,12 +8,19 @@ registry of score functions) in `criteria`, early-bird detection in `early_bird`
 """
 from __future__ import annotations
 
-from pipeline.sparsity.allocation import ALLOCATORS, erk, get_allocator, igq, uniform
-from pipeline.sparsity.early_bird import EarlyBirdDetector, early_bird_distance
-from pipeline.sparsity.magnitude import global_magnitude_masks, imp_round_density
-from pipeline.sparsity.masks import MaskEnforcer, MaskSet, prunable_params
+from pipeline.engine.lazy import lazy_exports
 from pipeline.engine.seeding import derived_generator
-from pipeline.sparsity.select import random_mask, topk_mask
+from pipeline.sparsity.allocation import ALLOCATORS, erk, get_allocator, igq, uniform
+
+# The torch modules load on first use: `pipeline validate` imports the torch-free ticket_config and
+# dst.config through this package and must not import torch.
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "EarlyBirdDetector": "pipeline.sparsity.early_bird", "early_bird_distance": "pipeline.sparsity.early_bird",
+    "global_magnitude_masks": "pipeline.sparsity.magnitude", "imp_round_density": "pipeline.sparsity.magnitude",
+    "MaskEnforcer": "pipeline.sparsity.masks", "MaskSet": "pipeline.sparsity.masks",
+    "prunable_params": "pipeline.sparsity.masks",
+    "random_mask": "pipeline.sparsity.select", "topk_mask": "pipeline.sparsity.select",
+})
 
 __all__ = [
     "ALLOCATORS", "EarlyBirdDetector", "MaskEnforcer", "MaskSet", "derived_generator", "early_bird_distance",

@@ -4,7 +4,9 @@ Every allocator has the same signature
 
     allocate(shapes, density, *, dense=frozenset()) -> {layer: kept_count}
 
-and returns exact integer counts whose sum is exactly round(density * total weights). Layers named in
+and returns exact integer counts whose sum is exactly round(density * total weights) (except
+`erk_uncapped` and `igq_int`, reference rules kept as options: one loses the excess of layers it fills,
+the other rounds each layer on its own). Layers named in
 `dense` keep every weight and the other layers absorb the rest of the budget. Real-valued quotas are
 turned into integers by largest remainder (ties by layer order), never above a layer's size.
 """
@@ -95,12 +97,52 @@ def _scaled_by_score(shapes: Shapes, density: float, dense: Set[str],
 def erk(shapes: Shapes, density: float, *, dense: Set[str] = frozenset()) -> dict[str, int]:
     """Erdős–Rényi-Kernel: density proportional to sum(shape)/prod(shape), e.g.
     (n_out + n_in + k_h + k_w) / (n_out * n_in * k_h * k_w) for a conv, with dense-layer capping."""
-    return _scaled_by_score(shapes, density, dense, lambda s: sum(s) / math.prod(s))
+    return _scaled_by_score(shapes, density, dense, _erk_score)
+
+
+def _erk_score(shape: tuple[int, ...]) -> float:
+    return sum(shape) / math.prod(shape)
+
+
+def erk_uncapped(shapes: Shapes, density: float, *, dense: Set[str] = frozenset()) -> dict[str, int]:
+    """The sparselearning lineage's 'ER' / ERK rule as written: layer l keeps eps * sum(shape_l) weights,
+    eps solved for the budget as if no layer filled up. A layer whose quota passes its size is kept
+    dense and its excess is lost, so the global count ends below round(density * total) then (the
+    reference's behaviour; `erk` re-solves eps instead). Without a filled layer it equals `erk`."""
+    sizes, left, sparse = _budget(shapes, density, dense)
+    weight = sum(_erk_score(shapes[n]) * sizes[n] for n in sparse)
+    eps = left / weight if weight > 0 else 0.0
+    quotas = {n: min(float(sizes[n]), eps * _erk_score(shapes[n]) * sizes[n]) for n in sparse}
+    kept = min(left, round(sum(quotas.values())))  # what the quotas hold once the excess is lost
+    return _with_dense(shapes, sizes, _round_quotas(quotas, sizes, kept))
 
 
 def er(shapes: Shapes, density: float, *, dense: Set[str] = frozenset()) -> dict[str, int]:
-    """Erdős–Rényi (SET): like ERK but the kernel size is ignored: (n_out + n_in) / (n_out * n_in)."""
+    """Mocanu's Erdős–Rényi for fully-connected layers, (n_out + n_in) / (n_out * n_in), applied to convs
+    with the kernel size ignored. Not the sparselearning 'ER' (which counts the kernel: `erk`)."""
     return _scaled_by_score(shapes, density, dense, lambda s: (s[0] + s[1]) / (s[0] * s[1]) if len(s) > 1 else 1.0)
+
+
+def _igq_quotas(sizes: Mapping[str, int], left: int, sparse: list[str]) -> dict[str, float]:
+    pool = sum(sizes[n] for n in sparse)
+
+    def kept(f: float) -> float:
+        return sum(sizes[n] / (1.0 + f * sizes[n]) for n in sparse)
+
+    if left >= pool:
+        return {n: float(sizes[n]) for n in sparse}
+    if left == 0:
+        return {n: 0.0 for n in sparse}
+    lo, hi = 0.0, 1.0
+    while kept(hi) > left:  # kept() falls monotonically from `pool` at F=0 towards 0
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        lo, hi = (mid, hi) if kept(mid) > left else (lo, mid)
+    f = 0.5 * (lo + hi)
+    return {n: sizes[n] / (1.0 + f * sizes[n]) for n in sparse}
 
 
 def igq(shapes: Shapes, density: float, *, dense: Set[str] = frozenset()) -> dict[str, int]:
@@ -109,30 +151,19 @@ def igq(shapes: Shapes, density: float, *, dense: Set[str] = frozenset()) -> dic
     Large layers are compressed most; for large F every layer keeps about 1/F weights.
     """
     sizes, left, sparse = _budget(shapes, density, dense)
-    pool = sum(sizes[n] for n in sparse)
-
-    def kept(f: float) -> float:
-        return sum(sizes[n] / (1.0 + f * sizes[n]) for n in sparse)
-
-    if left >= pool:
-        quotas = {n: float(sizes[n]) for n in sparse}
-    elif left == 0:
-        quotas = {n: 0.0 for n in sparse}
-    else:
-        lo, hi = 0.0, 1.0
-        while kept(hi) > left:  # kept() falls monotonically from `pool` at F=0 towards 0
-            hi *= 2.0
-        for _ in range(200):
-            mid = 0.5 * (lo + hi)
-            if mid in (lo, hi):
-                break
-            lo, hi = (mid, hi) if kept(mid) > left else (lo, mid)
-        f = 0.5 * (lo + hi)
-        quotas = {n: sizes[n] / (1.0 + f * sizes[n]) for n in sparse}
-    return _with_dense(shapes, sizes, _round_quotas(quotas, sizes, left))
+    return _with_dense(shapes, sizes, _round_quotas(_igq_quotas(sizes, left, sparse), sizes, left))
 
 
-ALLOCATORS: dict[str, Allocator] = {"uniform": uniform, "erk": erk, "er": er, "igq": igq}
+def igq_int(shapes: Shapes, density: float, *, dense: Set[str] = frozenset()) -> dict[str, int]:
+    """IGQ with the reference's per-layer rounding (SW sparselearning): int(sparsity_l * N_l) weights
+    zeroed in each layer, so the global count may miss round(density * total) by up to one per layer."""
+    sizes, left, sparse = _budget(shapes, density, dense)
+    quotas = _igq_quotas(sizes, left, sparse)
+    return _with_dense(shapes, sizes, {n: sizes[n] - int((1.0 - quotas[n] / sizes[n]) * sizes[n]) for n in sparse})
+
+
+ALLOCATORS: dict[str, Allocator] = {"uniform": uniform, "erk": erk, "erk_uncapped": erk_uncapped, "er": er, "igq": igq,
+                                     "igq_int": igq_int}
 
 
 def get_allocator(name: str, *, where: str = "allocation") -> Allocator:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from pipeline.sparsity.magnitude import global_magnitude_masks
 from pipeline.sparsity.masks import MaskSet
-from pipeline.sparsity.nni_criteria import NEEDS_TRAINING, PRUNERS
+from pipeline.sparsity.criteria_names import PRUNERS, unknown_criterion
 
 ScoreFn = Callable[..., dict[str, Tensor]]
 
@@ -74,10 +74,7 @@ def get_criterion(name: str) -> Criterion:
     """The registered criterion, or a ValueError that lists the valid names."""
     if name in CRITERIA:
         return CRITERIA[name]
-    valid = ", ".join(CRITERIA)
-    if name in NEEDS_TRAINING:
-        raise ValueError(f"{name!r} is not supported here: {NEEDS_TRAINING[name]}; use one of {valid}")
-    raise ValueError(f"unknown pruner {name!r}; valid: {valid}")
+    raise unknown_criterion(name, list(CRITERIA))
 
 
 @criterion("global_magnitude")

@@ -2,11 +2,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
+from pipeline.engine import distributed
+from pipeline.sparsity.magnitude import global_magnitude_masks
 from pipeline.sparsity.masks import MaskSet
+from pipeline.sparsity.ticket_config import rewind_epoch
+from pipeline.sparsity.tickets import TicketHooks, scope_params
+
+if TYPE_CHECKING:
+    from stages.early_bird import EarlyBirdConfig
 
 
 def early_bird_distance(masks_new: MaskSet, masks_old: Mapping[str, Tensor]) -> float:
@@ -66,3 +73,30 @@ class EarlyBirdDetector:
         self.fired_at = state["fired_at"]
         self.curve = [dict(entry, window=list(entry["window"])) for entry in state["curve"]]
         self.queue = [MaskSet({n: t.clone() for n, t in q.items()}) for q in state["queue"]]
+
+
+class EarlyBirdHooks(TicketHooks):
+    """TicketHooks (dense, for the rewind snapshot) plus the per-epoch early-bird check."""
+
+    def __init__(self, cfg: EarlyBirdConfig):
+        super().__init__(masks=None, snapshot_epoch=rewind_epoch(cfg.rewind_to))
+        self.detector = EarlyBirdDetector(window=cfg.window, threshold=cfg.threshold)
+        self.density, self.scope, self.rule = cfg.density, cfg.detect_scope, cfg.detect_rule
+
+    def end_epoch(self, epoch: int, row: dict) -> bool:
+        super().end_epoch(epoch, row)
+        masks = global_magnitude_masks(scope_params(self.model, scope=self.scope), self.density, rule=self.rule)
+        distributed.sync_masks(masks, f"early_bird: detection masks of epoch {epoch + 1}")
+        fired = self.detector.update(masks, epoch=epoch + 1)
+        entry = self.detector.curve[-1]
+        row["eb_distance_previous"] = entry["previous"]
+        row["eb_distance_max"] = max(entry["window"]) if entry["window"] else None
+        row["eb_distances"] = list(entry["window"])
+        return fired
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "detector": self.detector.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.detector.load_state_dict(state["detector"])

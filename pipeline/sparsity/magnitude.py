@@ -1,6 +1,7 @@
 """Global magnitude masks (one exact top-k over all layers together) and the IMP round densities."""
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -28,8 +29,12 @@ def _check_density(density: float) -> None:
 
 
 def global_magnitude_masks(params: Mapping[str, Tensor], density: float, *,
-                           within: MaskSet | None = None) -> MaskSet:
+                           within: MaskSet | None = None, rule: str = "topk") -> MaskSet:
     """Keep the round(density * total) largest |w| over all layers together (exact global top-k).
+
+    rule "threshold" is the Robust Bird detection rule instead (SW utils/early_bird.py): sort all |w|,
+    keep those strictly above the value at index floor(total * (1 - density)): ceil(density * total) - 1
+    weights when there are no ties, and every weight tied with that value dropped.
 
     `density` is always relative to all weights in `params`. With `within`, only entries that mask
     still keeps are ranked, so the result is a subset of it: IMP round k passes density (1 - p)^k and
@@ -49,6 +54,16 @@ def global_magnitude_masks(params: Mapping[str, Tensor], density: float, *,
         if within is not None:
             s = s.masked_fill(~within[name].reshape(-1).to(device), float("-inf"))
         scores.append(s)
+    if rule == "threshold":
+        if within is not None:
+            raise ValueError("rule 'threshold' ranks all weights; it takes no `within`")
+        flat = torch.cat(scores)
+        index = math.floor(flat.numel() * (1.0 - density))
+        if index >= flat.numel():
+            return _split(torch.zeros_like(flat, dtype=torch.bool), params)
+        return _split(flat > torch.kthvalue(flat, index + 1).values, params)
+    if rule != "topk":
+        raise ValueError(f"rule must be 'topk' or 'threshold', got {rule!r}")
     k = round(density * _total(params))
     if within is not None and k > sum(within.counts().values()):
         raise ValueError(f"density {density} keeps {k} weights, more than the {sum(within.counts().values())} "

@@ -25,16 +25,7 @@ from torch import nn
 from pipeline.engine.errors import ConfigError
 
 from pipeline.sparsity.masks import MaskSet
-
-# name -> nni pruner class that computes masks from the weights alone
-PRUNERS = {"level": "LevelPruner", "l1": "L1NormPruner", "l2": "L2NormPruner", "fpgm": "FPGMPruner"}
-# name -> why it cannot run here: these need an nni Evaluator that trains on data
-NEEDS_TRAINING = {
-    "slim": "SlimPruner learns BN scaling factors during training",
-    "movement": "MovementPruner learns scores during fine-tuning",
-    "linear": "LinearPruner schedules another pruner over training steps",
-    "agp": "AGPPruner schedules another pruner over training steps",
-}
+from pipeline.sparsity.criteria_names import NEEDS_TRAINING, PRUNERS  # noqa: F401  (moved; still importable)
 
 
 def _pruner_class(pruner: str) -> type:

@@ -15,18 +15,15 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
 
 from pipeline.engine import distributed, store
 from pipeline.metrics.flops import FlopsRecord, InferenceFlops, TrainingFlopsMeter, count_macs, inference_flops
-from pipeline.metrics.attacks import AttackConfig, make_train_attack
+from pipeline.metrics.attacks import make_train_attack
 from pipeline.engine.errors import ConfigError
 from pipeline.data import DataSplits, num_batches, training_batches
-from pipeline.metrics.evaluation import SELECTION_KEYS, evaluate, summarize_history
-from pipeline.engine.schema import StrictModel
+from pipeline.metrics.evaluation import evaluate, summarize_history
 from pipeline.engine.seeding import eval_attack_seed
 from pipeline.train.hooks import TrainingHooks, cpu_state  # noqa: F401  (re-exported)
 from pipeline.train.ddp import DistributedTraining
@@ -34,22 +31,8 @@ from pipeline.train import finite
 from pipeline.train.step import adversarial_train_step
 
 
-class OptimizerConfig(StrictModel):
-    name: Literal["sgd"] = "sgd"
-    lr: float = Field(default=0.1, gt=0)
-    momentum: float = Field(default=0.9, ge=0, lt=1)
-    weight_decay: float = Field(default=5e-4, ge=0)
-    nesterov: bool = False
-
-
-class ScheduleConfig(StrictModel):
-    """Learning rate as a pure function of training progress (so there is no scheduler state to lose)."""
-
-    kind: Literal["multistep", "cosine", "cyclic", "constant"] = "multistep"
-    milestones: list[int] = Field(default_factory=lambda: [100, 150], description="multistep: epochs where lr *= gamma")
-    gamma: float = Field(default=0.1, gt=0)
-    peak_fraction: float = Field(default=0.4, gt=0, lt=1, description="cyclic: lr rises 0 -> lr until this fraction of training, then falls to 0")
-    min_lr: float = Field(default=0.0, ge=0, description="cosine: final lr")
+from pipeline.train.config import (  # noqa: F401  (moved; the old names stay importable)
+    EvalConfig, OptimizerConfig, ScheduleConfig, TrainingConfig)
 
 
 def lr_at(schedule: ScheduleConfig, base_lr: float, epoch: int, step: int, steps_per_epoch: int, epochs: int) -> float:
@@ -64,65 +47,10 @@ def lr_at(schedule: ScheduleConfig, base_lr: float, epoch: int, step: int, steps
     return base_lr * (t / peak if t <= peak else max(0.0, (epochs - t) / (epochs - peak)))
 
 
-class EvalConfig(StrictModel):
-    every: int = Field(default=1, ge=1, description="evaluate val/test every N epochs (and always after the last)")
-    val_limit: int | None = Field(default=None, gt=0, description="evaluate on the first N val images only")
-    test_limit: int | None = Field(default=None, gt=0, description="evaluate on the first N test images only")
-    batch_size: int = Field(default=256, gt=0)
-    robust: bool = Field(default=True, description="also measure RA (PGD through advertorch); off: SA only")
-    attack: AttackConfig = Field(default_factory=lambda: AttackConfig(kind="pgd", steps=20))
-
-    @model_validator(mode="after")
-    def _attack_is_an_attack(self):
-        if self.attack.kind == "none":
-            raise ValueError("attack: kind 'none' would record clean accuracy as RA; use `robust: false` for SA only")
-        return self
-
-
 # Fault injection for the resume tests: the process SIGKILLs itself after this many training steps of
 # one stage (counted over all train() calls of the stage, e.g. IMP rounds).
 _FAULT_AFTER_STEPS = int(os.environ.get("PIPELINE_FAULT_AFTER_STEPS", "0") or 0)
 _steps_per_stage: dict = {}
-
-_MODE_TO_ATTACK = {"clean": "none", "fast": "fgsm_rs", "pgd": "pgd"}
-
-
-class TrainingConfig(StrictModel):
-    mode: Literal["clean", "fast", "pgd"] = Field(default="pgd", description="clean training, FGSM-RS fast AT, or PGD AT")
-    epochs: int = Field(default=200, gt=0)
-    batch_size: int = Field(default=128, gt=0)
-    drop_last: bool = False
-    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    attack: AttackConfig = Field(default_factory=AttackConfig, description="training attack; its kind follows `mode`")
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    select: Literal["best", "final"] = Field(default="final", description="weights kept as model.safetensors: best val RA epoch, or the last")
-    progress_every_steps: int | None = Field(default=None, gt=0, description="also save progress every N steps (always at each epoch end)")
-    max_steps_per_epoch: int | None = Field(default=None, gt=0, description="cap on batches per epoch (smoke runs)")
-    precision: Literal["fp32", "bf16"] = Field(default="fp32", description="bf16: autocast for forward/backward and attack")
-    channels_last: bool = False
-    compile: bool = Field(default=False, description="torch.compile the model (CUDA)")
-
-    @property
-    def select_key(self) -> str:
-        """The history key the best epoch is chosen on: val RA, or val SA when evaluation measures no RA."""
-        return SELECTION_KEYS[0] if self.eval.robust else SELECTION_KEYS[1]
-
-    @model_validator(mode="after")
-    def _attack_follows_mode(self):
-        if self.attack.restarts != 1:
-            raise ValueError("attack: restarts applies to evaluation attacks only; the training attack runs once")
-        wanted = _MODE_TO_ATTACK[self.mode]
-        if "kind" in self.attack.model_fields_set and self.attack.kind != wanted:
-            raise ValueError(f"attack.kind {self.attack.kind!r} contradicts mode {self.mode!r} (which implies {wanted!r}); set only `mode`")
-        if self.attack.kind != wanted:
-            fields = self.attack.model_dump(exclude_unset=True)
-            fields.pop("kind", None)
-            if wanted == "fgsm_rs":
-                fields["steps"] = 1  # FGSM-RS is one step whatever was written; the resolved config says so
-            object.__setattr__(self, "attack", AttackConfig(kind=wanted, **fields))
-        return self
-
 
 @dataclass
 class TrainResult:
@@ -359,6 +287,7 @@ def evaluate_splits(model: torch.nn.Module, data: DataSplits, ecfg: EvalConfig, 
         clean = evaluate(model, x, y, batch_size=ecfg.batch_size, attack=None, device=device, limit=limit)
         row[f"{split}_sa"] = clean["acc"]
         row[f"{split}_loss"] = clean["loss"]
+        row[f"{split}_n"] = clean["n"]  # so every RA figure read from the history can state its n
         if ecfg.robust:
             adv = evaluate(model, x, y, batch_size=ecfg.batch_size, attack=ecfg.attack, device=device,
                            limit=limit, seed=eval_attack_seed(seed, epoch))

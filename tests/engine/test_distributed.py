@@ -58,7 +58,7 @@ STAGES = [{"name": "warmup", "type": "dense_warmup", "mode": "clean", **TRAIN},
           {"name": "rigl", "type": "rewire", "method": "rigl", "input": "warmup", "mode": "clean",
            "density": 0.3, **TRAIN, "sparsity": {"update_every": 2}},
           {"name": "fbp", "type": "rewire", "method": "flying_bird_plus", "input": None, "mode": "clean",
-           "density": 0.3, **TRAIN, "sparsity": FBP},
+           "density": 0.3, **TRAIN, "eval": {"test_limit": 48, "robust": False}, "sparsity": FBP},  # FB+: all of val
           {"name": "evaluate", "type": "evaluate", "input": "fbp", "attack": {"steps": 2},
            "train_limit": 40, "val_limit": 40, "test_limit": 40},
           {"name": "export", "type": "export", "parity_samples": 16}]  # a rank-0-only stage

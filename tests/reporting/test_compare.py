@@ -35,6 +35,9 @@ def two_runs(tmp_path_factory) -> list[Path]:
         cfg["run"]["seed"] = seed
         if seed == 4:  # no export / runtime_check: its latency cell stays empty
             cfg["stages"] = cfg["stages"][:3]
+        # security curves at different budgets: compare's table takes the union of the eps
+        cfg["stages"][2]["security_curve"] = {"eps": [0, "4/255", "8/255"] if seed == 3 else [0, "2/255", "8/255"],
+                                              "steps": 3}
         path = tmp / f"cfg{seed}.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         run_cli("run", str(path), "--run-dir", str(tmp / f"seed{seed}"), "-q", check=True)
@@ -85,6 +88,17 @@ def test_two_tiny_runs_side_by_side_through_the_cli(two_runs, tmp_path):
     assert images == 2 * 6 * 64  # 2 epochs x 6 capped steps x batch 64
     assert wu["training"]["paper"] == pytest.approx(12 * f * images)
     assert wu["training"]["corrected"] == pytest.approx(9 * f * images)
+    # the security curves: one figure of both runs beside the table, a row per run listing every eps
+    figure = out.with_name("table_security_curves.png")
+    assert figure.stat().st_size > 8000 and f"![security curves]({figure.name})" in proc.stdout
+    assert "| run | attack | ε 0/255 | ε 2/255 | ε 4/255 | ε 8/255 | n | split |" in proc.stdout
+    for row, run in zip(data["rows"], two_runs):
+        curve = record(run, "evaluate")["metrics"]["security_curve"]
+        by_eps = {round(p["eps"] * 255): f"{p['pgd']:.2f}" for p in curve["points"]}
+        cells = " | ".join(by_eps.get(k, "—") for k in (0, 2, 4, 8))
+        assert f"| {row['label']} | PGD-3 (step = 2.5 * eps / 3) | {cells} | 64 | test |" in proc.stdout
+        assert data["security_curves"][row["label"]] == curve
+    assert "RA n (test images): tiny (seed3): RA best/final 64, evaluate stage 64" in proc.stdout
     first = data["rows"][0]
     shown = [c.strip() for c in proc.stdout.splitlines()[2].strip("|").split("|")]
     assert shown[1] == f"{first['ra_best']:.2f}" and shown[10] == f"{first['robust_gap']:.2f}"
@@ -95,10 +109,11 @@ def test_sparse_run_beside_a_dense_one_adds_density_attacks_and_corruption(two_r
     text, data = compare_runs([two_runs[0], sparse], labels=["dense", "Flying Bird"])
     titles = [c["title"] for c in data["columns"]]
     assert titles[:10] == [*HEADLINE, "Train FLOPs paper", "Train FLOPs corrected", "Inf FLOPs", "Gap"]
-    assert {"Density", "Corruption mean", "RA autoattack", "Gap (running)"} <= set(titles)
+    assert {"Density", "Corruption mean (15)", "RA autoattack", "Gap (running)"} <= set(titles)
+    assert "Corruption mean (19)" not in titles  # only 2 standard types were evaluated
     assert "RA pgd20" not in titles  # the first attack is the one behind RA best/final and the gap already
     dense, fb = data["rows"]
-    assert dense["density"] == 1.0 and dense["corruption_mean_acc"] is None and dense["ra_autoattack"] is None
+    assert dense["density"] == 1.0 and dense["corruption_mean_15"] is None and dense["ra_autoattack"] is None
     assert fb["final_stage"] == "fb" and fb["training_stages"] == ["eb", "fb"]
     assert fb["train_flops_paper"] == pytest.approx(1.5e10 + 6.0e10)  # early-bird search + rewiring
     assert fb["train_flops_corrected"] == pytest.approx(1.5e10 + 4.2e10)
@@ -110,13 +125,15 @@ def test_sparse_run_beside_a_dense_one_adds_density_attacks_and_corruption(two_r
     assert fb["inference_flops_dense"] == 2 * sum(layer.macs for layer in layers)
     # gap at the final checkpoint (as the paper), with the running-train variant of the same checkpoint
     assert fb["robust_gap"] == 14.0 and fb["gap_checkpoint"] == "final" and fb["robust_gap_running_train"] == 20.0
-    assert fb["corruption_mean_acc"] == 70.0
+    assert fb["corruption_mean_acc"] == 70.0 and fb["corruption_mean_15"] == 72.5  # (70 + 75) / 2 from `per`
     assert fb["ra_autoattack"] == 44.0 and fb["best_epoch"] == 5
+    assert "| 44.00 (n = 1,000) |" in text  # every RA figure states the images it was measured on
     assert fb["ra_best"] == 55.0 and fb["ra_final"] == 50.5 and fb["ra_diff"] == pytest.approx(4.5)
     gap_dense = dense["robust_gap"]
     arrow = "↓" if 14.0 < gap_dense else "↑"
     assert f"| 14.00 ({arrow}{abs(14.0 - gap_dense):.2f}) |" in text  # change against the first run, as the paper
-    assert "Corruption sets: Flying Bird: generated" in text
+    assert "Corruption sets: Flying Bird: generated corruptions, 2 of 15 standard types" in text
+    assert "| 72.50*† |" in text and "- † fewer corruption types than the column names" in text
     assert "| dense |" in text and "| Flying Bird |" in text
 
 
@@ -140,3 +157,40 @@ def test_final_model_without_an_evaluate_stage_and_unfinished_runs(tmp_path):
         compare_runs([run, empty], labels=["only one"])
     with pytest.raises(PipelineError, match="not a run directory"):
         compare_runs([tmp_path])
+
+
+def test_15_and_19_type_columns_on_hand_made_records(tmp_path):
+    """A published 19-type record (15 standard at 60 %, 4 extra at 80 %) beside a generated 3-type one at 2
+    severities: two labelled columns, known means, and the second run's cells marked."""
+    from pipeline.corruptions.catalog import ALL, STANDARD
+
+    def with_corruption(name: str, corruption: dict) -> Path:
+        run = build_sparse_run(tmp_path / name)
+        path = run / "evaluate" / "stage.json"
+        rec = json.loads(path.read_text())
+        rec["metrics"]["corruption"] = corruption
+        store.atomic_write_json(path, rec)
+        return run
+
+    published = {"source": "published", "severities": [1, 2, 3, 4, 5], "n": 10000, "mean_acc": 64.0,
+                 "per": {t: [60.0 if t in STANDARD else 80.0] * 5 for t in ALL}}
+    few = {"gaussian_noise": 50.0, "fog": 70.0, "spatter": 90.0}
+    generated = {"source": "generated", "backend": "builtin", "severities": [1, 3], "n": 200, "mean_acc": 70.0,
+                 "per": {t: [a, a] for t, a in few.items()}}
+    text, data = compare_runs([with_corruption("pub", published), with_corruption("gen", generated)],
+                              labels=["published", "generated"])
+    header = [c.strip() for c in text.splitlines()[0].strip("|").split("|")]
+    i15, i19 = header.index("Corruption mean (15)"), header.index("Corruption mean (19)")
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()[2:4]]
+    assert (cells[0][i15], cells[0][i19]) == ("60.00", "64.21")  # (15 * 60 + 4 * 80) / 19
+    assert (cells[1][i15], cells[1][i19]) == ("60.00*†‡", "70.00*†‡")  # (50 + 70) / 2; (50 + 70 + 90) / 3
+    pub, gen = data["rows"]
+    assert pub["corruption_mean_15"] == 60.0 and pub["corruption_mean_19"] == pytest.approx(1220 / 19)
+    assert gen["corruption_mean_15"] == 60.0 and gen["corruption_mean_19"] == pytest.approx(70.0)
+    assert "generated and published sets are not comparable" in text
+    for line in ("- * generated from the test split, not the published CIFAR-10-C images.",
+                 "- † fewer corruption types than the column names (mean over the types evaluated).",
+                 "- ‡ fewer than the 5 severities (mean over the severities evaluated)."):
+        assert line in text
+    assert ("published: published corruptions, 15 of 15 standard types + 4 of 4 extra, severities 1, 2, 3, 4, 5, "
+            "n = 10000 images per type × severity") in text

@@ -59,10 +59,13 @@ def sparse_config() -> dict:
     train = {k: v for k, v in warm.items() if k not in ("name", "type", "mode")}
     eb = {"name": "eb", "type": "early_bird", **train, "mode": "clean", "epochs": 3, "density": 0.3, "window": 2,
           "threshold": 0.5, "schedule": {"kind": "multistep", "milestones": [1], "gamma": 0.1}}
+    full_val = {k: v for k, v in train["eval"].items() if k != "val_limit"}  # FB+ reads its signals on all of val
     fbp = {"name": "fbp", "type": "rewire", "method": "flying_bird_plus", "density": 0.3, **train, "epochs": 3,
+           "eval": full_val, "precision": "bf16", "channels_last": True,
            "sparsity": {"update_every": 4, "second_update_every": 4, "adaptive": {"start_epoch": 1, "window": 1}}}
     ev = {**ev, "input": "finetune",
-          "corruptions": {"generate": True, "types": ["gaussian_noise", "contrast"], "severities": [1, 3, 5], "limit": 32}}
+          "corruptions": {"generate": True, "types": ["gaussian_noise", "contrast"], "severities": [1, 3, 5], "limit": 32},
+          "security_curve": {"eps": [0, "4/255", "8/255"], "steps": 3}}
     cfg["stages"] = [eb, {**ft, "input": "eb"}, fbp, ev, export, runtime]
     return cfg
 
@@ -89,7 +92,8 @@ def test_report_of_a_real_sparse_run_through_the_cli(real_run):
     pngs = {p.name for p in check_plots(report)}
     assert pngs == {"eb_accuracy.png", "finetune_accuracy.png", "fbp_accuracy.png", "eb_density.png",
                     "fbp_density.png", "eb_early_bird.png", "fbp_updates.png", "flops.png",
-                    "runtime_check_latency.png", "evaluate_corruption.png", "runtime_check_deployment.png"}
+                    "runtime_check_latency.png", "evaluate_corruption.png", "runtime_check_deployment.png",
+                    "evaluate_security_curve.png"}
     assert "dense baseline = fresh small_cnn of the same shapes" in text  # no dense_warmup stage in this run
     for stage in ("eb", "finetune", "fbp", "evaluate", "export", "runtime_check"):
         assert f"| `{stage}` |" in text
@@ -100,7 +104,20 @@ def test_report_of_a_real_sparse_run_through_the_cli(real_run):
     accs = corr["per"]["contrast"]
     assert f"| contrast | {accs[0]:.1f} | {accs[1]:.1f} | {accs[2]:.1f} | {sum(accs) / 3:.1f} |" in text
     assert "| corruption | severity 1 | severity 3 | severity 5 | mean |" in text
-    assert f"mean over all corruptions and severities {corr['mean_acc']:.2f} %" in text
+    assert f"mean over all corruptions and severities evaluated {corr['mean_acc']:.2f} %" in text
+    # 2 of the 15 standard types, 3 of 5 severities, generated: every marker, each explained once
+    standard = (sum(corr["per"]["gaussian_noise"]) + sum(accs)) / 6
+    assert f"15-type mean (RobustBench) {standard:.2f}*†‡ % (2 of 15 types)" in text and "19-type mean" not in text
+    assert "* generated from the test split, not the published CIFAR-10-C images." in text
+    assert "‡ fewer than the 5 severities" in text and "† fewer corruption types than the column names" in text
+    # the security curve: at eps 0 the clean accuracy of the same test images, so exactly the stage's SA
+    curve = ev["security_curve"]
+    assert [p["eps"] for p in curve["points"]] == [0.0, 4 / 255, 8 / 255] and curve["n"] == ev["test_n"]
+    assert curve["points"][0]["pgd"] == ev["test_sa"]
+    assert curve["rule"] == "step = 2.5 * eps / 3" and curve["points"][2]["step"] == pytest.approx(2.5 * 8 / 255 / 3)
+    pts = " | ".join(f"{p['pgd']:.2f}" for p in curve["points"])
+    assert f"| evaluate | PGD-3 (step = 2.5 * eps / 3) | {pts} | {ev['test_n']} | test |" in text
+    assert "| run | attack | ε 0/255 | ε 4/255 | ε 8/255 | n | split |" in text
     eb = rec(real_run, "eb")
     assert f"the early bird was drawn at epoch {eb['early_bird']['epoch']}" in text
     assert f"overall density {eb['sparsity']['density']:.4f}" in text
@@ -113,6 +130,10 @@ def test_report_of_a_real_sparse_run_through_the_cli(real_run):
     assert f"{fb['sparsity']['ever_active']:.2%} of the prunable weights were active" in text
     assert "## Resolved config" in text and "type: rewire" in text
     assert "PGD-3, eps 8/255, step 2/255" in text
+    # each training stage's resolved numerics: in its stage.json and in the report
+    assert (rec(real_run, "eb")["config"]["precision"], fb["config"]["precision"]) == ("fp32", "bf16")
+    assert text.count("Trained in fp32.") == 2  # eb and finetune
+    assert "Trained under bf16 autocast (forward, backward and training attack; evaluation in fp32), channels_last." in text
 
 
 def test_report_is_repeatable_and_out_elsewhere(real_run, tmp_path):
@@ -213,8 +234,8 @@ def build_sparse_run(run: Path) -> Path:
            metrics={"checkpoint": "best", "train_ra": 60.0, "test_ra": 48.5, "train_sa": 80.0, "test_sa": 66.0,
                     "test_n": 100, "train_n": 100, "train_loss": 0.6, "test_loss": 0.9, "robust_gap": 11.5, "robust_gap_running_train": 20.0, "attack": pgd,
                     "ra": {"pgd20": {"test": 48.5, "val": 50.0, "train": 60.0, "attack": pgd},
-                           "autoattack": {"test": 44.0, "attack": {"kind": "autoattack", "eps": 8 / 255,
-                                                                   "version": "standard"}}},
+                           "autoattack": {"test": 44.0, "n": {"test": 1000},
+                                          "attack": {"kind": "autoattack", "eps": 8 / 255, "version": "standard"}}},
                     "checkpoints": {"best": best, "final": final}, "robust_gap_best": 11.5, "robust_gap_final": 14.0,
                     "robust_overfitting": 4.5, "robust_overfitting_measured": -1.5, "corruption": corruption})
     ok = {"status": "ok", "per_batch": {"1": {"median_ms": 0.5, "p90_ms": 0.7, "p99_ms": 0.9, "throughput_img_s": 2000.0},
@@ -236,11 +257,12 @@ def test_report_of_a_hand_built_run_shows_attacks_checkpoints_corruptions_and_fb
                      "eb_early_bird.png", "evaluate_corruption.png", "flops.png", "runtime_check_latency.png"}
     assert "the early bird was drawn at epoch 5" in text and "threshold 0.08" in text
     assert "Best val RA at epoch 5: test RA 55.00 (final 50.50, robust overfitting 4.50 pp)" in text
-    assert "| autoattack | 44.00 |" in text and "| pgd20 | 48.50 | 50.00 | 60.00 |" in text
+    assert "| autoattack | 44.00 | — | — | test 1,000 |" in text and "| pgd20 | 48.50 | 50.00 | 60.00 |" in text
     assert "| best | 5 | 66.00 | 48.50 | 60.00 | 11.50 | 20.00 |" in text
     assert "| final | 8 | 69.00 | 50.00 | 64.00 | 14.00 | 20.00 |" in text
     assert "robust overfitting measured here: test RA of the best checkpoint − of the final one: -1.50 pp" in text
     assert "| gaussian noise | 80.0 | 75.0 | 70.0 | 65.0 | 60.0 | 70.0 |" in text
+    assert "| Corruption mean (15) | 72.50*† |" in text and "Corruption mean (19)" not in text  # 2 standard types
     assert "| cuda | skipped |" in text
     assert "From `updates.jsonl` (8 updates); 236 connections changed in all" in text  # 40 + 37 + ... + 19
     assert "2 update(s) pruned or grew extra on the Flying Bird+ signals" in text
@@ -278,3 +300,22 @@ def test_series_readers_hand_checked():
 def test_not_a_run_directory_is_a_clear_error(tmp_path):
     proc = run_cli("report", str(tmp_path))
     assert proc.returncode != 0 and "not a run directory" in proc.stderr
+
+
+def test_security_curve_table_with_autoattack_rows():
+    from pipeline.metrics.curve_config import CurvePoint, SecurityCurve
+    from pipeline.reporting.curves import curve_table
+
+    attack = {"kind": "pgd", "steps": 10, "step_factor": 2.5, "restarts": 1, "random_start": True}
+    ran = SecurityCurve(split="test", n=500, attack=attack, rule="step = 2.5 * eps / 10",
+                        points=[CurvePoint(0.0, 90.0, 0.0, 90.0, 100), CurvePoint(8 / 255, 40.0, 0.00784, 35.5, 100)],
+                        autoattack={"version": "standard", "n": 100, "backend": "autoattack"})
+    skipped = SecurityCurve(split="test", n=500, attack=attack, rule="step = 2.5 * eps / 10",
+                            points=[CurvePoint(0.0, 80.0, 0.0), CurvePoint(4 / 255, 50.0, 0.00392)],
+                            autoattack={"version": "standard", "skipped": "not installed"})
+    lines = curve_table({"a": ran, "b": skipped}).splitlines()
+    assert lines[0] == "| run | attack | ε 0/255 | ε 4/255 | ε 8/255 | n | split |"
+    assert lines[2:] == ["| a | PGD-10 (step = 2.5 * eps / 10) | 90.00 | — | 40.00 | 500 | test |",
+                         "| a | AutoAttack standard | 90.00 | — | 35.50 | 100 | test |",
+                         "| b | PGD-10 (step = 2.5 * eps / 10) | 80.00 | 50.00 | — | 500 | test |",
+                         "| b | AutoAttack standard: skipped (not installed) | — | — | — | — | test |"]

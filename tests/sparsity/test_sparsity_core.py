@@ -70,7 +70,12 @@ def test_every_allocator_hits_the_global_count_exactly(name, shapes):
                 continue
             counts = allocate(shapes, density, dense=dense)
             assert list(counts) == list(shapes)
-            assert sum(counts.values()) == round(density * total), (density, dense)
+            if name == "erk_uncapped":  # the reference rule: a layer it fills loses its excess
+                assert sum(counts.values()) <= round(density * total), (density, dense)
+            elif name == "igq_int":  # the reference's per-layer int(): within one weight per layer
+                assert abs(sum(counts.values()) - round(density * total)) <= len(shapes), (density, dense)
+            else:
+                assert sum(counts.values()) == round(density * total), (density, dense)
             assert all(isinstance(c, int) and 0 <= c <= sizes[n] for n, c in counts.items())
             assert all(counts[n] == sizes[n] for n in dense)
 
@@ -121,7 +126,7 @@ def test_igq_on_preact18_matches_the_reference_numbers():
 
 def test_get_allocator_lists_valid_names():
     assert get_allocator("igq") is igq
-    with pytest.raises(ConfigError, match="erk, igq, uniform"):
+    with pytest.raises(ConfigError, match="erk, erk_uncapped, igq, igq_int, uniform"):
         get_allocator("magic", where="stages.rewire.init")
 
 

@@ -12,7 +12,6 @@ import types
 import pytest
 import torch
 import yaml
-from torch import nn
 
 from pipeline.metrics.autoattack import AutoAttackConfig, find_autoattack, run_autoattack
 from pipeline.engine.errors import PipelineError, StageFailed
@@ -22,7 +21,7 @@ from pipeline.metrics.evaluation import EvaluationMetrics, SplitScores, checkpoi
 from pipeline.train.checkpoints import CheckpointsRecord, kept_checkpoints
 from stages.evaluate import EvaluateConfig
 
-from tests.conftest import run_cli, tiny_config
+from tests.conftest import BRIGHTNESS_MEANS, Brightness, run_cli, tiny_config
 
 EPS = 8 / 255
 
@@ -103,19 +102,7 @@ def test_config_attack_rules():
 
 # -- AutoAttack through fake modules ------------------------------------------------------------------
 
-class Brightness(nn.Module):
-    """Class 1 iff the mean pixel is above 0.5."""
-
-    def __init__(self):
-        super().__init__()
-        self.scale = nn.Parameter(torch.tensor(10.0))
-
-    def forward(self, x):
-        m = (x.mean(dim=(1, 2, 3)) - 0.5) * self.scale
-        return torch.stack([-m, m], dim=1)
-
-
-MEANS = torch.tensor([0.2, 0.48, 0.49, 0.52, 0.53, 0.8])
+MEANS = BRIGHTNESS_MEANS
 X = MEANS.view(-1, 1, 1, 1).expand(-1, 1, 4, 4).contiguous()
 Y = (MEANS > 0.5).long()
 # an eps shift towards the boundary flips exactly the images within eps of 0.5: four of six

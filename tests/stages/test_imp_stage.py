@@ -19,7 +19,7 @@ from pipeline.sparsity.tickets import CriterionConfig, ticket_masks
 from tests.conftest import run_cli, tiny_config
 
 TRAIN = {"batch_size": 64, "max_steps_per_epoch": 3, "optimizer": {"lr": 0.05}, "schedule": {"kind": "constant"},
-         "attack": {"steps": 2}, "eval": {"val_limit": 32, "test_limit": 32, "attack": {"steps": 2}}}
+         "attack": {"steps": 2, "step": "2/255"}, "eval": {"val_limit": 32, "test_limit": 32, "attack": {"steps": 2}}}
 IMP = {"name": "imp", "type": "imp", "input": "warmup", "mode": "pgd", **TRAIN, "epochs": 2, "rounds": 3,
        "progress_every_steps": 2}
 

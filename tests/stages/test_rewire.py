@@ -23,7 +23,10 @@ SPARSITY = {name: cls.example for name, cls in METHODS.items()}
 
 
 def stage_cfg(name: str, method: str, **extra) -> dict:
-    return {"name": name, "type": "rewire", "method": method, "density": 0.3, **TRAIN,
+    train = dict(TRAIN)
+    if method == "flying_bird_plus":  # its signals are read on the whole val split (a validation rule)
+        train["eval"] = {k: v for k, v in TRAIN["eval"].items() if k != "val_limit"}
+    return {"name": name, "type": "rewire", "method": method, "density": 0.3, **train,
             "sparsity": SPARSITY[method], **extra}
 
 
@@ -164,3 +167,21 @@ def test_invalid_sparsity_is_reported_with_its_path(tmp_path):
                                                    "sparsity": {"update_every": 0}}]}))
     proc = run_cli("validate", str(path))
     assert proc.returncode == 2 and "stages[0].sparsity.update_every: must be > 0" in proc.stderr
+
+
+@pytest.mark.parametrize("ev, named", [({"every": 2}, "eval.every: 2"), ({"val_limit": 64}, "eval.val_limit: 64"),
+                                       ({"every": 3, "val_limit": 10}, "eval.every: 3 and eval.val_limit: 10")])
+def test_flying_bird_plus_refuses_a_sparse_or_partial_validation_signal(tmp_path, ev, named):
+    cfg = {"run": {"name": "fbp"}, "data": {"dataset": "digits"}, "model": {"arch": "small_cnn"},
+           "stages": [{"name": "rw", "type": "rewire", "method": "flying_bird_plus", "eval": ev}]}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert (f"stages[0].method: 'flying_bird_plus' reads its signals every epoch on the full validation split "
+            f"(as the reference), which contradicts {named}; set eval.every: 1") in str(err.value)
+    # Flying Bird (no signals) may evaluate as sparsely as it likes
+    cfg["stages"][0]["method"] = "flying_bird"
+    path.write_text(json.dumps(cfg))
+    fb = load_config(path).stage("rw").eval
+    assert (fb.every, fb.val_limit) == (ev.get("every", 1), ev.get("val_limit"))

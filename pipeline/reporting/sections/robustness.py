@@ -1,10 +1,13 @@
 """Report section: each evaluate stage's SA/RA per split, every attack, the best and final
-checkpoints side by side, gaps and overfitting, and corruption robustness (EvaluationMetrics)."""
+checkpoints side by side, gaps and overfitting, corruption robustness and the security curve
+(EvaluationMetrics)."""
 from __future__ import annotations
 
 from pipeline.engine.rundir import StageRecord
 from pipeline.metrics.evaluation import EvaluationMetrics
+from pipeline.corruptions.means import LEGEND, column_means, describe
 from pipeline.reporting import plots
+from pipeline.reporting.curves import NOTE, curve_plot, curve_table
 from pipeline.reporting.format import attack_text, fmt, md_table, num
 
 _FACTS = (
@@ -27,10 +30,10 @@ def robustness(rep) -> None:
             rep.add(f"RA under {attack_text(m.attack)} (eval mode); train = the non-augmented train split.")
             rep.add(md_table(["split", "images", "SA (%)", "RA (%)", "robust loss"], rows, ["l", "r", "r", "r", "r"]))
         if m.ra:
-            arows = [[name, fmt(r.get("test")), fmt(r.get("val")), fmt(r.get("train")), attack_text(r.get("attack"))]
-                     for name, r in m.ra.items()]
-            rep.add(md_table(["attack", "test RA", "val RA", "train RA", "parameters"], arows,
-                             ["l", "r", "r", "r", "l"]))
+            arows = [[name, fmt(r.get("test")), fmt(r.get("val")), fmt(r.get("train")), _n_text(r.get("n")),
+                      attack_text(r.get("attack"))] for name, r in m.ra.items()]
+            rep.add(md_table(["attack", "test RA", "val RA", "train RA", "n (images)", "parameters"], arows,
+                             ["l", "r", "r", "r", "l", "l"]))
         _checkpoints(rep, m)
         which = f" ({m.checkpoint} checkpoint)"
         facts = [f"- {label.format(which=which)}: {fmt(getattr(m, key))} pp" for key, label in _FACTS
@@ -38,6 +41,15 @@ def robustness(rep) -> None:
         if facts:
             rep.add("\n".join(facts))
         _corruption(rep, st, m.corruption)
+        if m.security_curve is not None:
+            rep.add(f"Security curve ({m.security_curve.split} split, n = {fmt(m.security_curve.n)}). {NOTE}")
+            rep.add(curve_table({st.name: m.security_curve}))
+            rep.image(curve_plot({st.name: m.security_curve}, rep.plot_path(f"{st.name}_security_curve"),
+                                 f"{st.name}: robust accuracy against eps"), f"{st.name} security curve")
+
+
+def _n_text(n: dict | None) -> str:
+    return ", ".join(f"{split} {fmt(v)}" for split, v in (n or {}).items()) or "—"
 
 
 def _checkpoints(rep, m: EvaluationMetrics) -> None:
@@ -48,9 +60,10 @@ def _checkpoints(rep, m: EvaluationMetrics) -> None:
     for which, ck in m.checkpoints.items():
         ra = next(iter(ck["ra"].values()), {})
         rows.append([which, fmt(ck.get("epoch")), fmt(ck["sa"].get("test")), fmt(ra.get("test")),
-                     fmt(ra.get("train")), fmt(ck.get("robust_gap")), fmt(ck.get("robust_gap_running_train"))])
-    rep.add(md_table(["checkpoint", "epoch", "test SA", "test RA", "train RA", "gap", "gap (running)"], rows,
-                     ["l", "r", "r", "r", "r", "r", "r"]))
+                     fmt(ra.get("train")), fmt(ck.get("robust_gap")), fmt(ck.get("robust_gap_running_train")),
+                     _n_text(ck.get("n"))])
+    rep.add(md_table(["checkpoint", "epoch", "test SA", "test RA", "train RA", "gap", "gap (running)", "n (images)"],
+                     rows, ["l", "r", "r", "r", "r", "r", "r", "l"]))
 
 
 def _corruption(rep, st: StageRecord, corr: dict | None) -> None:
@@ -65,11 +78,16 @@ def _corruption(rep, st: StageRecord, corr: dict | None) -> None:
                             clean_acc=num(corr.get("clean_acc")), mean_acc=num(corr.get("mean_acc")))
     extra = ", ".join(text.format(corr[k]) for k, text in (("backend", "backend {}"), ("n", "{} images"),
                                                            ("checkpoint", "{} checkpoint")) if corr.get(k) is not None)
+    means = column_means(corr)
+    marks = "".join(dict.fromkeys(means["marks_15"] + means["marks_19"]))
     rep.add(f"Corruption robustness ({source} corruptions{'; ' + extra if extra else ''}): "
             f"clean {fmt(corr.get('clean_acc'))} %, "
-            f"mean over all corruptions and severities {fmt(corr.get('mean_acc'))} %"
-            + (f", mean over the 15 standard types {fmt(corr.get('mean_acc_15'))} %"
-               if num(corr.get("mean_acc_15")) is not None else "") + ".")
+            f"mean over all corruptions and severities evaluated {fmt(corr.get('mean_acc'))} %; "
+            f"15-type mean (RobustBench) {fmt(means['mean_15'])}{means['marks_15']} % "
+            f"({means['types_15']} of 15 types)"
+            + (f", 19-type mean {fmt(means['mean_19'])}{means['marks_19']} % ({means['types_19']} of 19 types)"
+               if means["mean_19"] is not None else "") + ". "
+            + " ".join(f"{mark} {LEGEND[mark]}." for mark in marks) + f" Evaluated on: {describe(corr)}.")
     rep.image(path, f"{st.name} corruption accuracy")
     if len(severities) != width:
         severities = list(range(1, width + 1))

@@ -29,13 +29,28 @@ def training_curves(rep) -> None:
                     f"{fmt(s['SA_final'])}). ")
         ev = st.config.get("eval") or {}
         every = int(ev.get("every") or 1)
+        ns = {split: sorted({row[f"{split}_n"] for row in history if row.get(f"{split}_n") is not None})
+              for split in ("val", "test")}  # recorded per row since history rows carry n
+        n_text = " and ".join(f"{'/'.join(map(fmt, v))} {split}" for split, v in ns.items() if v)
         line += (f"{len(history)} epochs; val/test evaluated " + ("every epoch" if every == 1 else f"every {every} epochs")
                  + (f" under {attack_text(ev['attack'])}" if ev.get("attack") else "")
-                 + (f" on the first {ev['val_limit']} val / {ev.get('test_limit') or 'all'} test images"
-                    if ev.get("val_limit") else "") + ".")
+                 + (f" on n = {n_text} images" if n_text else
+                    f" on the first {ev['val_limit']} val / {ev.get('test_limit') or 'all'} test images"
+                    if ev.get("val_limit") else "") + "." + _numerics(st.config))
         path = plots.accuracy_curves(history, rep.plot_path(f"{st.name}_accuracy"),
                                      title=f"{st.name} ({st.type}): accuracy per epoch",
                                      train_label=train_label(st.config), best_epoch=best_epoch)
         rep.add(f"### `{st.name}`")
         rep.add(line)
         rep.image(path, f"{st.name} accuracy per epoch")
+
+
+def _numerics(config: dict) -> str:
+    """The training numerics as resolved (absent in records older than the `precision` key)."""
+    precision = config.get("precision")
+    if precision is None:
+        return ""
+    if precision == "bf16":
+        return (" Trained under bf16 autocast (forward, backward and training attack; evaluation in fp32)"
+                + (", channels_last." if config.get("channels_last") else "."))
+    return f" Trained in {precision}."

@@ -16,7 +16,7 @@ from pydantic import Field, create_model, model_validator
 from pipeline.engine.schema import StrictModel
 from pipeline.sparsity.dst.registry import METHODS
 
-Allocation = Literal["uniform", "erk", "er", "igq"]
+Allocation = Literal["uniform", "erk", "erk_uncapped", "er", "igq", "igq_int"]
 DEFAULT_EPOCHS = 200  # a preset needs the epoch count before the stage's own `epochs` is known to be valid
 
 
@@ -35,13 +35,21 @@ class SparsityConfig(StrictModel):
     drop_fraction: float = Field(ge=0, le=1, description="fraction of a layer's active weights dropped at the first update")
     drop_fraction_min: float = Field(ge=0, le=1, description="cosine decay floor")
     drop_decay: Literal["cosine", "constant"] = Field(description="cosine: from drop_fraction to drop_fraction_min over the updating window")
+    drop_count: Literal["ceil", "floor"] = Field(
+        description="per-layer drop count from drop_fraction x active: ceil (sparselearning, Flying Bird: at least one "
+                    "swap per update) or floor (google-research/rigl's int(): no swap once the product is below 1)")
     stop_fraction: float | None = Field(gt=0, le=1, description="no prune-and-grow after this fraction of training (RigL's T_end); null: never stop")
     grow: Literal["random", "gradient"] = Field(description="random (SET, Flying Bird) or largest dense |grad| of the last batch (RigL)")
+    grow_count: Literal["exact", "bernoulli"] = Field(
+        description="random growth: exactly the planned count, or each inactive entry switched on with probability "
+                    "count / inactive (sparselearning: the count only in expectation, so the density drifts)")
 
     @model_validator(mode="after")
     def _consistent(self):
         if (self.second_update_every is None) != (self.second_after_epoch is None):
             raise ValueError("second_update_every: set it together with second_after_epoch (or neither)")
+        if self.grow_count == "bernoulli" and self.grow != "random":
+            raise ValueError("grow_count: bernoulli is the random growth of sparselearning; it needs grow: random")
         if self.drop_fraction_min > self.drop_fraction:
             raise ValueError(f"drop_fraction_min: {self.drop_fraction_min} is above drop_fraction {self.drop_fraction}")
         return self
@@ -58,15 +66,15 @@ def _merge(preset: dict, user: dict) -> dict:
 
 
 def _readers(key: str) -> list[str]:
-    return [n for n, c in METHODS.items() if key in c.Settings.model_fields]
+    return [n for n, c in METHODS.specs() if key in c.Settings.model_fields]
 
 
 def fill_from_preset(method: Any, raw_sparsity: Any, *, epochs: Any) -> Any:
     """The user's sparsity block with the method preset underneath. Anything unexpected (unknown method,
     a non-mapping) is returned untouched so the field validators report it with its path."""
-    cls = METHODS.get(method)
-    if cls is None or not (raw_sparsity is None or isinstance(raw_sparsity, dict)):
+    if method not in METHODS or not (raw_sparsity is None or isinstance(raw_sparsity, dict)):
         return raw_sparsity
+    cls = METHODS.spec(method)
     own = cls.Settings.model_fields
     user, misplaced = {}, []
     for key, value in (raw_sparsity or {}).items():
@@ -83,7 +91,7 @@ def fill_from_preset(method: Any, raw_sparsity: Any, *, epochs: Any) -> Any:
 
 def validate_sparsity(method: str, raw_sparsity: Any, *, epochs: Any) -> SparsityConfig:
     """The method's own `Settings`, validated from the user's block over its preset."""
-    return METHODS[method].Settings.model_validate(fill_from_preset(method, raw_sparsity, epochs=epochs))
+    return METHODS.spec(method).Settings.model_validate(fill_from_preset(method, raw_sparsity, epochs=epochs))
 
 
 def any_settings_model() -> type[SparsityConfig]:
@@ -91,7 +99,7 @@ def any_settings_model() -> type[SparsityConfig]:
     keys (did-you-mean in config errors, `pipeline stages`); a stage's block is validated as its own
     method's `Settings` (`validate_sparsity`)."""
     own: dict[str, Any] = {}
-    for cls in METHODS.values():
+    for _, cls in METHODS.specs():
         for key, info in cls.Settings.model_fields.items():
             if key not in SparsityConfig.model_fields and key not in own:
                 own[key] = (info.annotation | None, Field(default=None, description=info.description))

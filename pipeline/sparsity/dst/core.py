@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +27,7 @@ from pipeline.sparsity.masks import MaskSet, prunable_params
 from pipeline.engine.seeding import Stream, derived_generator
 from pipeline.sparsity.select import random_mask, topk_mask
 from pipeline.sparsity.dst.config import SparsityConfig
+from pipeline.sparsity.dst.presets import MethodSpec
 from pipeline.sparsity.dst.registry import METHODS, register  # noqa: F401  (re-exported)
 from pipeline.sparsity.dst.schedule import Schedule
 from pipeline.sparsity.dst.state import DSTState
@@ -77,27 +78,14 @@ def select_drop_grow(mask: Tensor, n_drop: int, n_grow: int, drop_scores: Tensor
     return kept, topk_mask(grow_scores.float().masked_fill(kept, -math.inf), n_grow)
 
 
-class DynamicSparsity:
+class DynamicSparsity(MethodSpec):
     """Prune-and-grow with per-layer counts conserved exactly (SET / RigL / Flying Bird core).
 
     A method declares what it adds, never edits shared classes: `Settings` (its `sparsity:` block: the
     common knobs plus its own sub-block), `initial_extra()` (its own resumable state, kept in
-    `DSTState.extra`) and `end_epoch` (per-epoch signals and history-row keys).
+    `DSTState.extra`) and `end_epoch` (per-epoch signals and history-row keys). `name`, `Settings`,
+    `preset`, `check` and `example` come from MethodSpec (dst.presets, torch-free: configs validate there).
     """
-
-    name: ClassVar[str] = ""
-    Settings: ClassVar[type[SparsityConfig]] = SparsityConfig
-    # `sparsity:` overrides that make a tiny test run (2 epochs of 4 steps) rewire a few times; the
-    # tests run every registered method with it, so a method without one fails them
-    example: ClassVar[dict[str, Any] | None] = None
-
-    @classmethod
-    def preset(cls, epochs: int) -> dict[str, Any]:
-        raise NotImplementedError
-
-    @classmethod
-    def check(cls, settings: SparsityConfig, density: float) -> None:
-        """Raise ValueError when the settings cannot reach `density` (run at config validation too)."""
 
     def __init__(self, settings: SparsityConfig, density: float, schedule: Schedule, *, seed: int):
         if not 0.0 < density <= 1.0:
@@ -171,9 +159,14 @@ class DynamicSparsity:
         """{layer: (n_drop, n_grow)} for one update, plus method-specific log fields."""
         out = {}
         for layer in self.rewirable(layers, active):
-            k = min(math.ceil(rate * active[layer.name]), active[layer.name])
+            k = min(self.drop_count(rate, active[layer.name]), active[layer.name])
             out[layer.name] = (k, k)
         return out, {}
+
+    def drop_count(self, rate: float, active: int) -> int:
+        """Weights a layer with `active` entries drops at drop fraction `rate` (`drop_count`: ceil or floor)."""
+        product = rate * active
+        return math.floor(product) if self.settings.drop_count == "floor" else math.ceil(product)
 
     # -- one step ---------------------------------------------------------------------------------
     def on_step(self, step: int, state: DSTState, layers: list[Layer], optimizer: torch.optim.Optimizer | None,
@@ -197,6 +190,11 @@ class DynamicSparsity:
             if n_drop or n_grow:
                 grow = self.grow_scores(layer, (grads or {}).get(layer.name), step) if n_grow else None
                 kept, grown = select_drop_grow(layer.mask, n_drop, n_grow, self.drop_scores(layer), grow)
+                if n_grow and self.settings.grow_count == "bernoulli":
+                    # the same uniform draws, thresholded: every free entry on with p = n_grow / free
+                    free = ~kept
+                    grown = free & (grow < n_grow / int(torch.count_nonzero(free)))
+                    n_grow = int(torch.count_nonzero(grown))
                 new_masks[layer.name] = (kept, kept | grown, n_drop, n_grow)
         return self._commit(step, state, layers, optimizer, new_masks, event=event, rate=rate, info=info)
 

@@ -7,38 +7,26 @@ import math
 from typing import Any
 
 import torch
-from pydantic import Field, model_validator
 
-from pipeline.engine.schema import StrictModel
 from pipeline.sparsity.select import topk_mask
+from pipeline.sparsity.dst import presets
 from pipeline.sparsity.dst.config import SparsityConfig
 from pipeline.sparsity.dst.core import METHODS, DynamicSparsity, Layer, register, select_drop_grow
+from pipeline.sparsity.dst.presets import (  # noqa: F401  (moved to the torch-free specs; still importable)
+    GRANET_END, MEST_PHASES, AdaptiveConfig, GradualConfig, MemoryBoundConfig, MutationPhase)
 from pipeline.sparsity.dst.schedule import Schedule, cubic_density
 
 __all__ = ["METHODS", "DynamicSparsity", "Layer", "build_method", "fbp_signals", "register", "select_drop_grow"]
 
 
-def _common(**kw: Any) -> dict[str, Any]:
-    base = {"init": "erk", "init_positions": "random", "dense_first": False, "dense_last": False,
-            "update_every": 1000, "update_unit": "steps", "second_update_every": None, "second_after_epoch": None,
-            "drop_fraction": 0.5, "drop_fraction_min": 0.005, "drop_decay": "cosine", "stop_fraction": None,
-            "grow": "random"}
-    return {**base, **kw}
-
-
 @register("flying_bird")
-class FlyingBird(DynamicSparsity):
+class FlyingBird(presets.FlyingBirdSpec, DynamicSparsity):
     """Flying Bird (Chen et al., "Sparsity Winning Twice", ICLR 2022; spec §3.1-3.4, code defaults):
     IGQ allocation, random positions; every 900 steps (1200 in epochs > epochs/2) drop ceil(r * active)
     smallest |w| per layer and regrow as many at random; r cosine 0.5 -> 0.005 over all of training.
-    Deviation: growth is exact-count (the reference's Bernoulli growth matches it only in expectation)."""
-
-    example = {"update_every": 2, "second_update_every": 3, "second_after_epoch": 0}
-
-    @classmethod
-    def preset(cls, epochs: int) -> dict[str, Any]:
-        return _common(init="igq", update_every=900, second_update_every=1200,
-                       second_after_epoch=epochs // 2)
+    Deviations, each one option away: growth is exact-count (the reference's Bernoulli growth matches it
+    only in expectation: `grow_count: bernoulli`), and IGQ counts are rounded for an exact global total
+    (the reference's per-layer int(): `init: igq_int`)."""
 
 
 def fbp_signals(gap_history: list[float], loss_history: list[float], window: int) -> tuple[float, float] | None:
@@ -59,26 +47,6 @@ def _scale_down(extra: dict[str, int], limit: int) -> dict[str, int]:
     return {n: (v * max(limit, 0)) // total for n, v in extra.items()}
 
 
-class AdaptiveConfig(StrictModel):
-    """Flying Bird+ (spec §3.5): extra pruning while the robust gap grows, extra growth while the val
-    robust loss stops falling. Signals come from the last `window` + 1 per-epoch values."""
-
-    start_epoch: int = Field(ge=0, description="0-based epoch from which the signals act (reference: 100 of 200)")
-    window: int = Field(ge=1, description="number of consecutive per-epoch differences looked at (reference: 4)")
-    prune_ratio: float = Field(ge=0, description="extra prune = ceil(drop_fraction * prune_ratio * active) per layer")
-    growth_ratio: float = Field(ge=0, description="regrowth = (1 + growth_ratio) x the normal count")
-    prune_threshold: float = Field(ge=0, le=1, description="extra prune when the fraction of rising gaps >= this")
-    grow_threshold: float = Field(ge=0, le=1, description="extra growth when the fraction of non-falling losses >= this")
-    min_density: float = Field(ge=0, le=1, description="global density floor for extra pruning (reference: none = 0)")
-    max_density: float = Field(ge=0, le=1, description="global density ceiling for extra growth (reference: none = 1)")
-
-    @model_validator(mode="after")
-    def _bounds(self):
-        if self.min_density > self.max_density:
-            raise ValueError(f"min_density: {self.min_density} is above max_density {self.max_density}")
-        return self
-
-
 def _signals_of(row: dict) -> tuple[float | None, float | None]:
     """(robust gap, val robust loss) of an evaluated epoch; the clean ones when RA is not measured."""
     if "train_acc" not in row:
@@ -91,25 +59,12 @@ def _signals_of(row: dict) -> tuple[float | None, float | None]:
 
 
 @register("flying_bird_plus")
-class FlyingBirdPlus(FlyingBird):
+class FlyingBirdPlus(presets.FlyingBirdPlusSpec, FlyingBird):
     """Flying Bird+ (Chen et al., "Sparsity Winning Twice", ICLR 2022; spec §3.5): Flying Bird plus adaptive density from epoch 100 on. At each
     update, over the last 4 epoch-to-epoch differences: if >= 50% of robust-gap changes (train acc - val
     RA) are rises, prune ceil(r * 0.4 * active) more per layer; if >= 50% of val-robust-loss changes are
     not falls, regrow round((1 + 0.05) * count). Density floor/ceiling (ours; the reference has none)
     cap the extra pruning and growth so the global density stays within [min_density, max_density]."""
-
-    class Settings(SparsityConfig):
-        adaptive: AdaptiveConfig = Field(description="Flying Bird+'s adaptive density signals")
-
-    example = {"update_every": 2, "second_update_every": None, "second_after_epoch": None,
-               "adaptive": {"start_epoch": 1, "window": 1, "prune_threshold": 0.0, "grow_threshold": 0.0}}
-
-    @classmethod
-    def preset(cls, epochs: int) -> dict[str, Any]:
-        half = epochs // 2
-        return {**super().preset(epochs), "adaptive": {
-            "start_epoch": half, "window": 4, "prune_ratio": 0.4, "growth_ratio": 0.05,
-            "prune_threshold": 0.5, "grow_threshold": 0.5, "min_density": 0.0, "max_density": 1.0}}
 
     def plan(self, step, state, layers, active, rate):
         counts, _ = super().plan(step, state, layers, active, rate)
@@ -156,56 +111,36 @@ class FlyingBirdPlus(FlyingBird):
 
 
 @register("set")
-class SET(DynamicSparsity):
+class SET(presets.SETSpec, DynamicSparsity):
     """SET (Mocanu et al., Nature Communications 2018): Erdős–Rényi allocation, once per epoch drop the
-    fraction zeta = 0.3 of smallest-|w| weights per layer and regrow as many at random; constant rate."""
-
-    example = {}  # once per epoch
-
-    @classmethod
-    def preset(cls, epochs: int) -> dict[str, Any]:
-        return _common(init="er", update_every=1, update_unit="epochs", drop_fraction=0.3,
-                       drop_fraction_min=0.0, drop_decay="constant")
+    fraction zeta = 0.3 of smallest-|w| weights per layer (ceil, as sparselearning) and regrow as many at
+    random; constant rate. The allocation is the sparselearning lineage's 'ER' for convs, epsilon *
+    sum(weight.shape), kernel dimensions included: that is `erk` (which also caps a layer that would pass
+    density 1, so the global count is exact; `erk_uncapped` is sparselearning's rule as written, `er`
+    Mocanu's fully-connected (n_out + n_in) rule that ignores the kernel)."""
 
 
 @register("rigl")
-class RigL(DynamicSparsity):
-    """RigL (Evci et al., ICML 2020): ERK, every 100 steps drop alpha * active smallest |w| and grow as many
-    with the largest dense |grad| of the last batch; alpha = 0.3 cosine-decayed to 0 at T_end = 75% of
+class RigL(presets.RigLSpec, DynamicSparsity):
+    """RigL (Evci et al., ICML 2020): ERK, every 100 steps drop floor(alpha * active) smallest |w| (the
+    int() of google-research/rigl, so a layer stops swapping once alpha * active < 1) and grow as many with
+    the largest dense |grad| of the last batch; alpha = 0.3 cosine-decayed to 0 at T_end = 75% of
     training, no updates after it. SET with the grow criterion swapped (`grow: gradient`)."""
-
-    example = {"update_every": 2}  # T_end = 75%: updates after steps 1, 3, 5 of 8
-
-    @classmethod
-    def preset(cls, epochs: int) -> dict[str, Any]:
-        return _common(update_every=100, drop_fraction=0.3, drop_fraction_min=0.0, stop_fraction=0.75,
-                       grow="gradient")
-
-
-class MemoryBoundConfig(StrictModel):
-    """MEST soft memory bound: grow first (density rises above target), prune back after a while."""
-
-    bound: float = Field(gt=0, le=1, description="growth per update is at most this fraction of the layer's target count")
-    prune_after: float = Field(gt=0, lt=1, description="fraction of the update interval the grown weights train before the prune-back")
 
 
 @register("mest")
-class MEST(DynamicSparsity):
-    """MEST (Yuan et al., NeurIPS 2021) with the soft memory bound, as the DST-vs-dense study runs it
-    (landscape §A): at each update first grow min(ceil(r * target), floor(bound * target)) weights per
-    layer (density rises up to 10% above target), let them train for `prune_after` of the interval, then
-    prune each layer back to its exact target by magnitude, new weights included. Random growth (MEST_r;
-    `grow: gradient` gives MEST_g). Schedule: the unified framework's ERK, 1000 steps, r 0.5 cosine.
-    A grow phase is not started when its prune-back would fall after the last step."""
-
-    class Settings(SparsityConfig):
-        memory_bound: MemoryBoundConfig = Field(description="MEST's soft memory bound")
-
-    example = {"update_every": 2}
-
-    @classmethod
-    def preset(cls, epochs: int) -> dict[str, Any]:
-        return _common(memory_bound={"bound": 0.1, "prune_after": 0.5})
+class MEST(presets.MESTSpec, DynamicSparsity):
+    """MEST (Yuan et al., NeurIPS 2021), elastic mutation with the soft memory bound (EM&S): at each update
+    grow new weights per layer (density rises above target), let them train for `prune_after` of the
+    interval, then prune each layer back to its exact target by magnitude, new weights included. Preset =
+    MEST's script defaults (MEST_PHASES): every 5 epochs, growth 5% / 2.5% / 0% of the layer at 0 / 56% /
+    75% of training, pruned back at the next update. The DST-vs-dense study's variant (landscape §A) is
+    `update_every: 1000` steps, `memory_bound: {bound: 0.1, prune_after: 0.5, phases: null}`: growth
+    min(ceil(r * target), floor(0.1 * target)) with r the drop_fraction schedule.
+    Random growth (MEST_r; `grow: gradient` gives MEST_g). Pruning is by |w|, as MEST's retrain.py by
+    default (--sp-lmd 0; the paper's score adds lambda |grad|). Updates follow steps 5, 10, ... epochs
+    (MEST also mutates at the start of epoch 0). A grow phase is not started when its prune-back would
+    fall after the last step."""
 
     def initial_extra(self) -> dict[str, Any]:
         return {"prune_back_at": None}  # step after which the grown weights are pruned back
@@ -215,6 +150,20 @@ class MEST(DynamicSparsity):
 
     def grows_at(self, step: int) -> bool:
         return self.schedule.is_update(step) and step + self._wait(step) <= self.schedule.total_steps - 1
+
+    def growth(self, step: int, target: int, size: int) -> tuple[int, float]:
+        """(weights grown in a layer of `size` with `target` active, the fraction that set it)."""
+        mb = self.settings.memory_bound
+        if mb.phases is not None:
+            progress = (step + 1) / self.schedule.total_steps
+            fraction = [p.grow for p in mb.phases if p.start <= progress][-1]
+            g = math.floor(fraction * size + 0.5)
+        else:
+            fraction = self.schedule.drop_fraction_at(step)
+            g = math.ceil(fraction * target)
+        if mb.bound is not None:
+            g = min(g, math.floor(mb.bound * target))
+        return g, fraction
 
     def on_step(self, step, state, layers, optimizer, grads):
         entries, extra = [], state.extra
@@ -226,61 +175,33 @@ class MEST(DynamicSparsity):
             entries.append(self.apply_counts(step, state, layers, optimizer, grads, counts, event="prune_back",
                                              rate=None))
         if self.grows_at(step):
-            rate = self.schedule.drop_fraction_at(step)
-            bound = self.settings.memory_bound.bound
             active = {l.name: l.active() for l in layers}
-            counts = {}
+            counts, fraction = {}, None
             for layer in self.rewirable(layers, active):
-                target = state.targets[layer.name]
-                g = min(math.ceil(rate * target), math.floor(bound * target), layer.size - active[layer.name])
+                g, fraction = self.growth(step, state.targets[layer.name], layer.size)
+                g = min(g, layer.size - active[layer.name])
                 if g > 0:
                     counts[layer.name] = (0, g)
+            if not counts:  # e.g. MEST's last phase grows nothing: no event, nothing to prune back
+                return entries
             extra["prune_back_at"] = step + self._wait(step)
             targets = state.targets  # the grown weights sit above target until the prune-back
-            entries.append(self.apply_counts(step, state, layers, optimizer, grads, counts, event="grow", rate=rate,
+            entries.append(self.apply_counts(step, state, layers, optimizer, grads, counts, event="grow", rate=fraction,
                                              info={"prune_back_at": extra["prune_back_at"]}))
             state.targets = targets
         return entries
 
 
-class GradualConfig(StrictModel):
-    """GraNet: cubic global magnitude pruning from `initial_density` down to `density`, with regeneration."""
-
-    initial_density: float = Field(gt=0, le=1, description="density at the start (>= the stage's density)")
-    start_fraction: float = Field(ge=0, lt=1, description="fraction of training where gradual pruning starts")
-    end_fraction: float = Field(gt=0, le=1, description="fraction of training where the target density is reached")
-
-    @model_validator(mode="after")
-    def _window(self):
-        if self.end_fraction <= self.start_fraction:
-            raise ValueError(f"end_fraction: {self.end_fraction} must be above start_fraction {self.start_fraction}")
-        return self
-
-
 @register("granet")
-class GraNet(DynamicSparsity):
+class GraNet(presets.GraNetSpec, DynamicSparsity):
     """GraNet (Liu et al., NeurIPS 2021): start denser (ERK at `initial_density`), prune globally by
     magnitude along the cubic schedule d_t = d + (d0 - d)(1 - (t - t0)/(t1 - t0))^3 at every update
     between t0 and t1 (and at t1 itself, so the target is met exactly), and at every update also
-    regenerate: drop r * active smallest |w| per layer, regrow as many by dense |grad| (GraNet_g;
-    `grow: gradient`; random gives GraNet_r). Reference code defaults: 1000 steps, r 0.5 cosine; the
-    DST-vs-dense study starts at density 0.8 (landscape §A). t1 = half of training is our default."""
-
-    class Settings(SparsityConfig):
-        gradual: GradualConfig = Field(description="GraNet's gradual pruning schedule")
-
-    example = {"update_every": 2, "gradual": {"initial_density": 0.8, "end_fraction": 0.5}}
-
-    @classmethod
-    def preset(cls, epochs: int) -> dict[str, Any]:
-        return _common(grow="gradient",
-                       gradual={"initial_density": 0.8, "start_fraction": 0.0, "end_fraction": 0.5})
-
-    @classmethod
-    def check(cls, settings, density):
-        if settings.gradual.initial_density < density:
-            raise ValueError(f"gradual.initial_density {settings.gradual.initial_density} is below density "
-                             f"{density}; GraNet prunes down to the target, it never grows up to it")
+    regenerate: drop ceil(r * active) smallest |w| per layer, regrow as many by dense |grad| (GraNet_g;
+    `grow: gradient`; random gives GraNet_r). Reference code defaults: 1000 steps, r 0.5 cosine, pruning
+    from epoch 0 to t1 = epoch 110 of 160 (VITA-Group/GraNet main.py argparse: --init-prune-epoch 0,
+    --final-prune-epoch 110), i.e. end_fraction 0.6875; the DST-vs-dense study starts at density 0.8
+    (landscape §A)."""
 
     def __init__(self, settings, density, schedule, *, seed):
         super().__init__(settings, density, schedule, seed=seed)

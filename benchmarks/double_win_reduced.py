@@ -130,6 +130,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         ap.error(f"--transfer-fraction must be in (0, 1], got {args.transfer_fraction}")
     if args.tolerance < 0:
         ap.error(f"--tolerance must be >= 0 pp, got {args.tolerance}")
+    # common flags whose one value would contradict the per-phase reference settings: refused, not ignored
+    if args.train_attack_steps is not None:
+        ap.error("--train-attack-steps: this script sets each phase's PGD on its own; use --adv-steps "
+                 "(pre-training, adversarial fine-tuning) and --imp-steps (IMP rounds)")
+    if args.batch_size != 128:
+        ap.error(f"--batch-size {args.batch_size}: each phase keeps the reference batch (128; standard "
+                 "fine-tuning 64)")
     return args
 
 
@@ -228,9 +235,7 @@ def block(args: argparse.Namespace, *, mode: str, epochs: int, lr: float, batch:
         if robust_eval:
             b["eval"]["attack"] = {"kind": "pgd", "steps": args.epoch_eval_steps}
     b["optimizer"] = {"lr": lr, "momentum": 0.9, "weight_decay": wd}
-    # drops at or after the last epoch would never happen (the engine refuses them): a short smoke
-    # phase trains at a constant lr instead
-    steps_at = sorted({m for m in rc.milestones(epochs, *(drops or ())) if m < epochs})
+    steps_at = rc.milestones(epochs, *(drops or ()))  # none when the phase is too short (smoke)
     b["schedule"] = {"kind": "multistep", "milestones": steps_at} if steps_at else {"kind": "constant"}
     if mode == "pgd":
         b["attack"] = attack(args, steps or args.adv_steps)
@@ -260,7 +265,7 @@ def transfer_stage(args: argparse.Namespace, task_b: Path, key: str, regime: str
                       drops=(1 / 3, 2 / 3), robust_eval=False)
     else:
         train = block(args, mode="pgd", epochs=args.epochs, lr=0.1, batch=128, wd=5e-4, drops=(1 / 2, 3 / 4))
-    data = {"dataset": "npz", "path": str(task_b), "augment": "crop_flip", "norm_stats": "cifar10",
+    data = {"dataset": "npz", "path": str(task_b), "augment": args.augment, "norm_stats": "cifar10",
             "train_fraction": args.transfer_fraction, "subset": "balanced", "subset_seed": 0}
     st: dict[str, Any] = {"name": key, "type": "finetune", "input": "pretrain" if round_k is None else "tickets"}
     if round_k is not None:

@@ -56,6 +56,9 @@ def test_bad_split_is_a_clear_error(tmp_path, capsys):
                   "--device", "cpu"])
     assert rc == 2
     assert "--transfer-val 999" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # a common flag the per-phase settings would silently override
+        dw.main(["--data", str(tmp_path / "subset.npz"), "--train-attack-steps", "3", "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2 and "--adv-steps" in capsys.readouterr().err
 
 
 def test_stage_blocks_follow_the_reference_defaults(tmp_path):

@@ -355,8 +355,8 @@ def stage_extras(run_dir: Path) -> dict[str, Any]:
         m = ev.section(EvaluationMetrics)
         out["overfitting_measured"] = m.robust_overfitting_measured
         if m.corruption is not None:
-            out.update(corruption_mean_15=m.corruption.get("mean_acc_15"), corruption_clean=m.corruption.get("clean_acc"),
-                       corruption_images=m.corruption.get("n"))
+            # the 15- and 19-type means are compare's own columns (pipeline.corruptions.means)
+            out.update(corruption_clean=m.corruption.get("clean_acc"), corruption_images=m.corruption.get("n"))
     return out
 
 

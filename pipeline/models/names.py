@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import sys
 
-BUILTIN = ("preact_resnet18", "resnet18_cifar", "resnet34_cifar", "resnet50", "small_cnn", "vgg16_bn", "wrn34_10")
+BUILTIN = ("convnet4", "preact_resnet18", "resnet18_cifar", "resnet34_cifar", "resnet50", "small_cnn", "vgg16_bn",
+           "wrn34_10")
 
 
 def known_models() -> list[str]:

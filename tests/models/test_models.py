@@ -24,7 +24,7 @@ def prunable_weights(model: nn.Module) -> list[int]:
 
 def test_builtin_names_are_registered():
     assert list_models() == sorted(["preact_resnet18", "resnet18_cifar", "resnet34_cifar", "vgg16_bn",
-                                    "wrn34_10", "resnet50", "small_cnn"])
+                                    "wrn34_10", "resnet50", "small_cnn", "convnet4"])
 
 
 @pytest.mark.parametrize("arch", list_models())
@@ -130,12 +130,14 @@ def test_same_seed_same_weights(arch):
 # VGG-16-BN: 13 convs 14,710,464 + fc 5,120 = 14,715,584 (spec: 14.72M).
 # WRN-34-10: stem 432; groups 2,099,200 + 8,806,400 + 35,225,600; fc 6,400 = 46,138,032 (spec: 46.14M).
 # ResNet-50: 53 convs = 23,454,912 (spec: ~23.5M) + fc 2048*10.
+# ConvNet4: 3*32*9 + 32*64*9 + 64*128*9 + 128*256*9 = 387,936; fc 2,560 -> 390,496 in 5 tensors.
 @pytest.mark.parametrize("arch, tensors, total", [
     ("preact_resnet18", 21, 11_164_352),
     ("resnet18_cifar", 21, 11_164_352),  # same conv shapes as the PreAct version
     ("vgg16_bn", 14, 14_715_584),
     ("wrn34_10", 35, 46_138_032),
     ("resnet50", 54, 23_454_912 + 20_480),
+    ("convnet4", 5, 390_496),
 ])
 def test_weight_counts(arch, tensors, total):
     counts = prunable_weights(create_model(arch, num_classes=10))

@@ -14,8 +14,9 @@ from pipeline.models.structure import (StructureError, apply_structure, channel_
                                        prune_groups, shrink_zero_channels, slice_like, structure_record)
 from pipeline.sparsity import MaskSet
 
-SHAPES = {"small_cnn": (3, 8, 8), "preact_resnet18": (3, 16, 16), "resnet18_cifar": (3, 16, 16),
-          "resnet34_cifar": (3, 8, 8), "vgg16_bn": (3, 32, 32), "wrn34_10": (3, 8, 8), "resnet50": (3, 32, 32)}
+SHAPES = {"small_cnn": (3, 8, 8), "convnet4": (3, 8, 8), "preact_resnet18": (3, 16, 16),
+          "resnet18_cifar": (3, 16, 16), "resnet34_cifar": (3, 8, 8), "vgg16_bn": (3, 32, 32),
+          "wrn34_10": (3, 8, 8), "resnet50": (3, 32, 32)}
 
 
 @pytest.fixture(scope="module")

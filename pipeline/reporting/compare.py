@@ -130,7 +130,9 @@ def compare_runs(run_dirs: list[Path], out: Path | None = None, labels: list[str
             f"- {r['label']} (`{r['run_dir']}`): final model `{r['final_stage']}`"
             + (f", history of `{r['history_stage']}` (best epoch {r['best_epoch']}"
                + {"test_ra": ", selected on test RA: no val RA was logged",
-                  "val_sa": ", selected on val SA: clean training logged no RA"}.get(r.get("best_selected_on"), "")
+                  "val_sa": ", selected on val SA: clean training logged no RA",
+                  "test_sa": ", selected on test SA: clean training logged no RA or val figure"}.get(
+                   r.get("best_selected_on"), "")
                + ")" if r.get("history_stage") else ", no per-epoch history")
             + (f", training stages {' + '.join(f'`{s}`' for s in r['training_stages'])}" if r["training_stages"] else "")
             + (f", evaluated by `{r['evaluate_stage']}` (gap at the {r.get('gap_checkpoint')} checkpoint)"

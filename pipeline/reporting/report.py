@@ -96,13 +96,17 @@ def write_report(run_dir: Path | str, out: Path | str | None = None) -> Path:
     return out
 
 
+_SELECTED_ON = {"val_ra": "val RA", "val_sa": "val SA", "test_ra": "test RA", "test_sa": "test SA"}
+
+
 def summary(rep: Report) -> None:
     row = summarize_run(rep.run)
     if row.get("final_stage") is None:
         rep.add("No stage has produced a model yet.")
         return
     rep.add(f"Final model: stage `{row['final_stage']}`"
-            + (f" (training history of `{row['history_stage']}`, best val RA at epoch {row['best_epoch']})"
+            + (f" (training history of `{row['history_stage']}`, best "
+               f"{_SELECTED_ON.get(row.get('best_selected_on'), 'val RA')} at epoch {row['best_epoch']})"
                if row.get("history_stage") else "")
             + (f"; evaluated by `{row['evaluate_stage']}`" if row.get("evaluate_stage") else "") + ".")
     rows = []

@@ -71,9 +71,11 @@ def _last_runtime(run: RunDir) -> RuntimeRecord | None:
 
 
 def _history_stage(run: RunDir, final: StageRecord) -> StageRecord | None:
-    """The nearest stage at or above the final model that logged test RA per epoch."""
+    """The nearest stage at or above the final model that logged per-epoch test figures: the training
+    that made the final weights. A clean stage (test SA only) is that stage too, so a clean fine-tune
+    after PGD-AT reports its own SA and no RA curve, not the robust stage's curve above it."""
     for st in reversed(run.lineage(final)):
-        if any(num(row.get("test_ra")) is not None for row in st.history()):
+        if any(num(row.get("test_ra")) is not None or num(row.get("test_sa")) is not None for row in st.history()):
             return st
     return None
 
@@ -116,8 +118,10 @@ def summarize_run(run: RunDir, label: str | None = None) -> dict[str, Any]:
     hist_stage = _history_stage(run, final)
     if hist_stage is not None:
         history = hist_stage.history()
-        # as training selects; a history without val figures can only be read on test RA (noted per run)
-        key = selection_key(history) or "test_ra"
+        # as training selects; a history without val figures can only be read on test RA, or test SA for a
+        # clean stage (noted per run)
+        has_ra = any(num(r.get("test_ra")) is not None for r in history)
+        key = selection_key(history) or ("test_ra" if has_ra else "test_sa")
         s = summarize_history(history, key)
         row.update({"history_stage": hist_stage.name, "best_epoch": s["best_epoch"], "best_selected_on": key,
                     "ra_best": s["RA_best"], "ra_final": s["RA_final"], "ra_diff": s["RA_diff"],
@@ -126,7 +130,7 @@ def summarize_run(run: RunDir, label: str | None = None) -> dict[str, Any]:
         ns = {row.get("test_n") for row in history if num(row.get("test_ra")) is not None} - {None}
         row["ra_n"] = ns.pop() if len(ns) == 1 else None
         eval_attack = (hist_stage.config.get("eval") or {}).get("attack")
-        row["history_attack"] = attack_text(eval_attack) if eval_attack else None
+        row["history_attack"] = attack_text(eval_attack) if eval_attack and has_ra else None
 
     trained = run.training_stages(final)
     if trained:

@@ -194,3 +194,28 @@ def test_15_and_19_type_columns_on_hand_made_records(tmp_path):
         assert line in text
     assert ("published: published corruptions, 15 of 15 standard types + 4 of 4 extra, severities 1, 2, 3, 4, 5, "
             "n = 10000 images per type × severity") in text
+
+
+def test_clean_stage_after_a_robust_one_reports_its_own_curve_not_the_robust_one(tmp_path):
+    """A clean fine-tune (per-epoch test SA only) below a PGD-AT stage: RA best/final stay empty instead
+    of borrowing the robust stage's curve, and SA best/final are the clean stage's own."""
+    from tests.reporting.test_report import _jsonl, history_rows
+
+    run = build_sparse_run(tmp_path / "clean_ft")
+    clean = [{k: v for k, v in row.items() if k not in ("val_ra", "test_ra")} for row in history_rows(8, 5)]
+    clean[2]["val_sa"] = 99.0  # the best val SA: epoch 3
+    path = run / "fb" / "stage.json"
+    rec = json.loads(path.read_text())
+    rec["files"]["history.jsonl"] = store.atomic_write_bytes(run / "fb" / "history.jsonl", _jsonl(clean))
+    store.atomic_write_json(path, rec)
+    from pipeline.engine.rundir import RunDir
+    from pipeline.reporting.summary import summarize_run
+
+    full = summarize_run(RunDir(run))
+    assert full["best_selected_on"] == "val_sa" and full["history_attack"] is None
+    text, data = compare_runs([run])
+    (row,) = data["rows"]
+    assert row["history_stage"] == "fb" and row["best_epoch"] == 3
+    assert (row["ra_best"], row["ra_final"], row["ra_diff"]) == (None, None, None)
+    assert (row["sa_best"], row["sa_final"]) == (61.0, 66.0)  # test SA 58 + epoch, at epochs 3 and 8
+    assert "selected on val SA: clean training logged no RA" in text

@@ -56,6 +56,8 @@ def _build_parser() -> argparse.ArgumentParser:
     dw = sub.add_parser("double-win", help="double-win table of transferred tickets (standard and adversarial fine-tuning)")
     dw.add_argument("run_dirs", type=Path, nargs="+")
     dw.add_argument("--tolerance", type=float, default=0.0, help="percentage points a ticket may fall below dense")
+    dw.add_argument("--select", choices=["best", "final"], default="best",
+                    help="compare the best-val checkpoints (default) or the last epochs")
 
     b = sub.add_parser("bench", help="time an ONNX model with onnxruntime")
     b.add_argument("model", type=Path)
@@ -167,7 +169,7 @@ def _dispatch(args) -> int:
     if args.command == "double-win":
         from pipeline.reporting.double_win import double_win_table, format_double_win
 
-        print(format_double_win(double_win_table(args.run_dirs, tolerance=args.tolerance)))
+        print(format_double_win(double_win_table(args.run_dirs, tolerance=args.tolerance, select=args.select)))
         return 0
     if args.command == "bench":
         return _bench(args)

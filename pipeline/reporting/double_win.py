@@ -18,8 +18,10 @@ From numbers already at hand, (sparsity, std SA, adv SA, adv RA) rows and the de
 
 Which checkpoint is compared (the spec leaves it open): with select="best", standard fine-tuning gives
 test SA at the epoch of best val SA, adversarial fine-tuning test SA and RA at the epoch of best val RA
-(the papers' SA_best / RA_best); with select="final", the last evaluated epoch. Several stages of the
-same task and sparsity (e.g. seeds) are averaged, and their count is shown.
+(the papers' SA_best / RA_best); with select="final", the last evaluated epoch. The figures of that
+epoch are an `evaluate` stage's when one measured that checkpoint (whole test split, its first attack),
+else the per-epoch history's; each table says which. Several stages of the same task and sparsity
+(e.g. seeds) are averaged, and their count is shown.
 """
 from __future__ import annotations
 
@@ -106,7 +108,30 @@ def _value_at(history: list[dict], key: str, select: str) -> tuple[int, dict]:
     return row.get("epoch"), row
 
 
+def _evaluation_of(stage: StageRecord, which: str, epoch: int | None) -> dict | None:
+    """The figures a finished `evaluate` stage of the same run measured on `stage`'s `which` checkpoint
+    (test SA, the first attack's test RA, the test image count), if it measured that epoch."""
+    for child in sorted(stage.dir.parent.iterdir()):
+        if child.name == stage.name or not (child / STAGE_JSON).is_file():
+            continue
+        ev = StageRecord(stage.dir.parent, child.name)
+        if ev.type != "evaluate" or not ev.finished or ev.data.get("model_from") != stage.name:
+            continue
+        metrics = ev.metrics
+        ck = (metrics.get("checkpoints") or {}).get(which)
+        if not ck or ck.get("epoch") != epoch:
+            continue
+        attack, ra = next(iter((ck.get("ra") or {}).items()), (None, {}))
+        test = (metrics.get("splits") or {}).get("test") or {}
+        return {"sa": (ck.get("sa") or {}).get("test"), "ra": ra.get("test"), "n": test.get("n"),
+                "attack": attack, "from": ev.name}
+    return None
+
+
 def _measure(stage: StageRecord, regime: str, select: str) -> dict:
+    """SA (and RA) of the compared checkpoint. The epoch is chosen on the per-epoch history; its figures
+    come from an `evaluate` stage of that checkpoint when there is one (the whole test split, the final
+    attack), else from the history row (per-epoch evaluation, maybe on a `test_limit` cut)."""
     history = stage.history()
     if not history:
         raise PipelineError(f"{stage.dir}: no history.jsonl to read SA/RA from")
@@ -114,11 +139,16 @@ def _measure(stage: StageRecord, regime: str, select: str) -> dict:
         epoch, row = _value_at(history, "val_sa" if regime == "standard" else "val_ra", select)
     except PipelineError as exc:
         raise PipelineError(f"{stage.dir}: {exc}") from None
+    ev = _evaluation_of(stage, select, epoch)
+    if ev is not None:
+        sa, ra, source = ev["sa"], ev["ra"], {"measured_by": ev["from"], "n": ev["n"], "attack": ev["attack"]}
+    else:
+        sa, ra, source = row.get("test_sa"), row.get("test_ra"), {"measured_by": "history", "n": row.get("test_n")}
     if regime == "standard":
-        return {"std_sa": row.get("test_sa"), "epoch": epoch}
-    if row.get("test_ra") is None:
+        return {"std_sa": sa, "epoch": epoch, **source}
+    if ra is None:
         raise PipelineError(f"{stage.dir}: adversarial fine-tuning without test RA (eval.robust off?)")
-    return {"adv_sa": row.get("test_sa"), "adv_ra": row.get("test_ra"), "epoch": epoch}
+    return {"adv_sa": sa, "adv_ra": ra, "epoch": epoch, **source}
 
 
 def _task_of(transfer: dict, arch: str) -> tuple:
@@ -158,6 +188,17 @@ def collect_transfers(run_dirs: Iterable[Path], select: str = "best") -> tuple[l
     return found, skipped
 
 
+def _sources(found: list[dict]) -> list[str]:
+    """Where the figures came from, e.g. "6 stages: evaluate stages, pgd20, test n = 2061"."""
+    groups: dict[str, int] = {}
+    for f in found:
+        n = f" n = {f['n']}" if f.get("n") is not None else " n not recorded"
+        text = ("per-epoch history, test" + n if f["measured_by"] == "history"
+                else f"evaluate stages, {f.get('attack') or 'RA'}, test" + n)
+        groups[text] = groups.get(text, 0) + 1
+    return [f"{count} stage{'s' if count > 1 else ''}: {text}" for text, count in sorted(groups.items())]
+
+
 def _mean(values: list[float | None]) -> float | None:
     vals = [v for v in values if v is not None]
     return sum(vals) / len(vals) if vals else None
@@ -195,7 +236,7 @@ def double_win_table(run_dirs: list[Path], tolerance: float = 0.0, select: str =
         table = double_win_from_rows([(s, *v) for s, v in means.items() if s > 0], means[0.0], tolerance)
         table.update({"task": dict(zip(("source", "arch", "target", "train_fraction", "subset"), task)),
                       "counts": {str(s): counts[s] for s in sorted(counts)},
-                      "stages": sorted(f["stage"] for f in mine)})
+                      "stages": sorted(f["stage"] for f in mine), "measured": _sources(mine)})
         tables.append(table)
     if not tables:
         raise PipelineError("no double-win table can be built: " + "; ".join(skipped))
@@ -242,6 +283,8 @@ def format_table(table: dict) -> str:
     lines.append(md_table(["sparsity", "standard SA", "adversarial SA", "adversarial RA", "double win"], rows,
                           ["r", "r", "r", "r", "c"]))
     best = table["double_win_sparsity"]
+    if table.get("measured"):
+        lines += ["", "Measured by: " + "; ".join(table["measured"]) + "."]
     lines.append("")
     lines.append(f"Highest double-win sparsity: **{_pct(best)}**" if best is not None
                  else "Highest double-win sparsity: **none** (no ticket matches dense on all three)")

@@ -123,3 +123,30 @@ def test_nothing_found_is_an_error(tmp_path):
         double_win_table([tmp_path / "empty"])
     with pytest.raises(PipelineError, match="not a run directory"):
         double_win_table([tmp_path / "missing"])
+
+
+def _evaluate(run_dir, name, *, of, which, epoch, sa, ra, n=1000):
+    """A finished evaluate stage of `of`'s `which` checkpoint, as stages/evaluate.py records it."""
+    folder = run_dir / name
+    folder.mkdir(parents=True)
+    ck = {"epoch": epoch, "sa": {"test": sa}, "ra": {"pgd20": {"test": ra}, "autoattack": {"test": 0.0}}}
+    rec = {"name": name, "type": "evaluate", "status": "done", "model_from": of, "config": {},
+           "metrics": {"checkpoint": which, "splits": {"test": {"n": n, "sa": sa}}, "checkpoints": {which: ck}},
+           "files": {}}
+    (folder / "stage.json").write_text(json.dumps(rec))
+
+
+def test_figures_come_from_an_evaluate_stage_of_the_compared_checkpoint(two_runs):
+    """t50_adv's best epoch (1) was evaluated on the whole test split: its SA / first-attack RA replace the
+    history row's; dense_std's evaluate measured epoch 2, not its best epoch 1, so its history row stays."""
+    a, _ = two_runs
+    _evaluate(a, "eval_t50_adv", of="t50_adv", which="best", epoch=1, sa=57.5, ra=34.25)
+    _evaluate(a, "eval_dense_std", of="dense_std", which="best", epoch=2, sa=1.0, ra=1.0)
+    table = double_win_table([a])["tables"][0]
+    (t50,) = table["rows"]
+    assert (t50["adv_sa"], t50["adv_ra"], t50["std_sa"]) == (57.5, 34.25, 61)
+    assert table["dense"]["std_sa"] == 60  # history: epoch 1 of dense_std
+    assert table["measured"] == ["1 stage: evaluate stages, pgd20, test n = 1000",
+                                 "3 stages: per-epoch history, test n not recorded"]
+    assert "Measured by: 1 stage: evaluate stages, pgd20, test n = 1000; 3 stages: per-epoch history" \
+        in format_double_win(double_win_table([a]))

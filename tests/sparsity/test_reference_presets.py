@@ -272,3 +272,7 @@ def test_cli_evaluate_reports_the_rb_script_summary_when_asked(tmp_path):
     assert metrics["rb_script"] == rb_script_summary(history)
     assert metrics["rb_script"]["RA_best"] == max(r["test_ra"] for r in history)
     assert metrics["history_RA_best"] == summarize_history(history)["RA_best"]  # the headline stays val-selected
+    run_cli("report", str(tmp_path / "run"), check=True)
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "Robust Bird script's definitions (per-epoch history, 2 evaluated epochs" in report
+    assert f"| RA best: max test RA over epochs | {max(r['test_ra'] for r in history):.2f} |" in report

@@ -40,12 +40,30 @@ def robustness(rep) -> None:
                  if num(getattr(m, key)) is not None]
         if facts:
             rep.add("\n".join(facts))
+        _rb_script(rep, m.rb_script)
         _corruption(rep, st, m.corruption)
         if m.security_curve is not None:
             rep.add(f"Security curve ({m.security_curve.split} split, n = {fmt(m.security_curve.n)}). {NOTE}")
             rep.add(curve_table({st.name: m.security_curve}))
             rep.image(curve_plot({st.name: m.security_curve}, rep.plot_path(f"{st.name}_security_curve"),
                                  f"{st.name}: robust accuracy against eps"), f"{st.name} security curve")
+
+
+_RB_ROWS = (("RA_best", "RA best: max test RA over epochs"), ("SA_best", "SA best: max test SA over epochs"),
+            ("RA_final", "RA final"), ("SA_final", "SA final"), ("RA_diff", "RA diff (best − final)"),
+            ("gap_best", "gap best: max running train acc − RA best"),
+            ("gap_final", "gap final: last running train acc − RA final"))
+
+
+def _rb_script(rep, rb: dict | None) -> None:
+    """The Robust Bird script's own summary (`rb_script_metrics: true`): test-selected maxima, each at its
+    own epoch, from the per-epoch history; beside, not instead of, the val-selected figures above."""
+    if not rb:
+        return
+    rows = [[label, fmt(rb.get(key))] for key, label in _RB_ROWS if num(rb.get(key)) is not None]
+    rep.add(f"Robust Bird script's definitions (per-epoch history, {fmt(rb.get('evaluated_epochs'))} evaluated "
+            "epochs; test-selected, so optimistic next to the val-selected figures):")
+    rep.add(md_table(["figure", "value (%)"], rows, ["l", "r"]))
 
 
 def _n_text(n: dict | None) -> str:

@@ -24,12 +24,14 @@ A smoke run on CPU, a few minutes (batch 32, PGD-2, 64-image evaluations, topolo
 the one-epoch early-bird search warns that its window never filled and prunes its last epoch):
 
     python benchmarks/sparsity_win_reduced.py --epochs 1 --limit-steps 2 --device cpu
-The CPU protocol of benchmarks/RESULTS.md (17-26 min per seed on a shared 2-core machine; small_cnn is
-too small to over-fit under PGD-AT, so it tests the FLOPs claim, not the robustness ones):
+The CPU protocol of benchmarks/RESULTS.md, where dense PGD-AT over-fits (convnet4, 391k parameters;
+about 55 min per seed on one core):
 
-    python benchmarks/sparsity_win_reduced.py --arch small_cnn --epochs 20 --sizes 1000,300,300 \
-        --batch-size 32 --augment none --train-attack-steps 3 --eval-attack-steps 10 --device cpu \
-        --out runs/sw_cpu_seed1
+    python benchmarks/sparsity_win_reduced.py --arch convnet4 --epochs 60 --sizes 1000,300,300 \
+        --batch-size 32 --augment none --train-attack-steps 3 --eval-attack-steps 5 --device cpu \
+        --out runs/sw_cnn4_seed1
+With --arch small_cnn (24k parameters, --epochs 20) dense PGD-AT does not over-fit at all, so that run
+tests the FLOPs claim only.
 Before the headline table it prints the dense run's per-epoch curve (train RA on the adversarial
 training batches, val / test RA), where robust overfitting shows as val/test RA falling after its
 peak while train RA keeps rising. Re-running with the same --out continues a cut-off run. The

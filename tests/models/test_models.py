@@ -130,7 +130,7 @@ def test_same_seed_same_weights(arch):
 # VGG-16-BN: 13 convs 14,710,464 + fc 5,120 = 14,715,584 (spec: 14.72M).
 # WRN-34-10: stem 432; groups 2,099,200 + 8,806,400 + 35,225,600; fc 6,400 = 46,138,032 (spec: 46.14M).
 # ResNet-50: 53 convs = 23,454,912 (spec: ~23.5M) + fc 2048*10.
-# ConvNet4: 3*32*9 + 32*64*9 + 64*128*9 + 128*256*9 = 387,936; fc 2,560 -> 390,496 in 5 tensors.
+# convnet4: 3*32*9 + 32*64*9 + 64*128*9 + 128*256*9 = 387,936; fc 2,560 -> 390,496 in 5 tensors.
 @pytest.mark.parametrize("arch, tensors, total", [
     ("preact_resnet18", 21, 11_164_352),
     ("resnet18_cifar", 21, 11_164_352),  # same conv shapes as the PreAct version

@@ -5,8 +5,9 @@ weights kept). With `prune_before_training` (the reference's undocumented behavi
 of the input's (pre-trained) magnitudes, i.e. round 1 is OMP at p; otherwise a dense round 0 trains
 first and mask_1 comes from its weights. After round k: prune p of the remaining weights globally
 (`criterion`, among mask_k's survivors) on the round's trained weights (`select`), rewind every
-weight and BN statistic to the rewind point (the input = "pretrained", or `epoch_N` of the first
-training run), apply mask_{k+1}, and train again with a fresh optimizer and schedule.
+weight and BN statistic to the rewind point (the input = "pretrained", or `epoch_N` of the dense
+round 0: late rewinding, which needs prune_before_training false), apply mask_{k+1}, and train again
+with a fresh optimizer and schedule.
 method omp: one mask at `target_sparsity` from the input's magnitudes, one training run.
 method random: one global random mask at `target_sparsity` (seeded by the run seed), one training run.
 
@@ -117,6 +118,12 @@ class ImpConfig(StageConfig, TrainingConfig):
             raise ValueError(f"select_round: must be between 1 and {last} (or 'last'), got {self.select_round}")
         if rewind_epoch(self.rewind_to) > self.epochs:
             raise ValueError(f"rewind_to: {self.rewind_to} is after the last epoch of a training run ({self.epochs})")
+        if self.method == "imp" and rewind_epoch(self.rewind_to) > 0 and self.prune_before_training:
+            # the snapshot would come from round 1, which already trains under mask_1: not the dense
+            # network of late rewinding (Frankle et al.), and not a rewind point the reference has
+            raise ValueError(f"rewind_to: {self.rewind_to} rewinds to the dense network after that many epochs, "
+                             "which needs a dense first run: set prune_before_training: false (with true, round "
+                             "1 already trains under mask_1)")
         return self
 
     @model_validator(mode="after")

@@ -89,6 +89,29 @@ def test_round_sparsities_and_rewinding(reference):
     assert [(r["round"], r["epoch"]) for r in rows] == [(1, 1), (1, 2), (2, 1), (2, 2), (3, 1), (3, 2)]
 
 
+def test_late_rewinding_to_the_dense_network_after_epoch_n(tmp_path):
+    """prune_before_training: false + rewind_to: epoch_1: a dense round 0 trains, its epoch-1 weights
+    are the rewind point of every round (one tensor under each round's mask), and they are trained
+    weights, not the input's."""
+    cfg = tiny_config()
+    late = {**IMP, "rounds": 2, "prune_before_training": False, "rewind_to": "epoch_1"}
+    cfg["stages"] = [{**cfg["stages"][0], "epochs": 1}, late]
+    path = tmp_path / "cfg.yaml"
+    path.write_text(json.dumps(cfg))
+    run_cli("run", str(path), "--run-dir", str(tmp_path / "run"), "-q", check=True)
+    stage = tmp_path / "run" / "imp"
+    rows = [json.loads(line) for line in (stage / "history.jsonl").read_text().splitlines()]
+    assert [(r["round"], r["epoch"]) for r in rows] == [(0, 1), (0, 2), (1, 1), (1, 2), (2, 1), (2, 2)]
+    warm = load_file(tmp_path / "run" / "warmup" / "model.safetensors")
+    tickets = [load_file(stage / f"round_{k:02d}.safetensors") for k in (1, 2)]
+    masks = [load_file(stage / f"round_{k:02d}.masks.safetensors") for k in (1, 2)]
+    for name in masks[0]:
+        both = masks[1][name]  # round 2's survivors are round 1's too
+        assert torch.equal(tickets[0][name][both], tickets[1][name][both]), name
+        assert not torch.equal(tickets[0][name][both], warm[name][both]), name
+    assert record(tmp_path / "run", "imp")["imp"]["rewind_to"] == "epoch_1"
+
+
 def test_omp_and_random_baselines_hit_the_target(reference):
     _, run_dir = reference
     warm = conv(load_file(run_dir / "warmup" / "model.safetensors"))
@@ -153,7 +176,8 @@ def test_config_errors_name_their_path():
                          {"op_types": ["Conv2d"], "sparse_ratio": 0.5}]}},
                      {"name": "d", **base, "rewind_to": "epoch_3"},
                      {"name": "e", **base, "method": "random", "target_sparsity": 0.5, "rounds": 4},
-                     {"name": "f", **base, "rounds": 2, "select_round": 3}]
+                     {"name": "f", **base, "rounds": 2, "select_round": 3},
+                     {"name": "g", **base, "rewind_to": "epoch_1"}]
     with pytest.raises(ConfigError) as err:
         validate_tree(cfg)
     text = "\n".join(err.value.problems)
@@ -163,6 +187,8 @@ def test_config_errors_name_their_path():
     assert "stages[4].rewind_to: epoch_3 is after the last epoch of a training run (2)" in text
     assert "stages[5].rounds: only used with method imp" in text
     assert "stages[6].select_round: must be between 1 and 2" in text
+    assert ("stages[7].rewind_to: epoch_1 rewinds to the dense network after that many epochs, which needs a "
+            "dense first run: set prune_before_training: false") in text
 
 
 class _Net(nn.Module):

@@ -28,6 +28,10 @@ import sys
 from pathlib import Path
 
 
+# summary keys that are not percentages (their differences are not percentage points)
+_NOT_PERCENT = ("flops", "density", "epoch", "_ms", "seconds", "params")
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     mean = statistics.fmean(values)
     return mean, (statistics.stdev(values) if len(values) > 1 else math.nan)
@@ -92,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             total += 1
             reversed_ = gain < 0 and (math.isnan(std) or -gain > std)
             word = "holds" if ok else ("reversed" if reversed_ else "within noise")
-            print(f"{seeds[0][k].get('label', k)} - {args.baseline}, {m}: {mean:+.2f} ± {std:.2f} pp "
+            unit = "" if any(word in m for word in _NOT_PERCENT) else " pp"
+            print(f"{seeds[0][k].get('label', k)} - {args.baseline}, {m}: {mean:+.2f} ± {std:.2f}{unit} "
                   f"over {len(diffs)} seeds -> {word}")
     print(f"verdict: {held}/{total} model-metric differences beat the baseline by more than their seed-to-seed std")
     return 0

@@ -109,17 +109,19 @@ def test_seeds_summary_reads_lower_is_better_metrics(tmp_path, capsys):
     paths = []
     for seed, (dense_diff, sparse_diff, dense_ra, sparse_ra) in enumerate([(6.0, 2.0, 30.0, 29.0),
                                                                            (5.0, 2.0, 31.0, 29.5)]):
-        rows = [{"key": "dense", "label": "dense", "ra_diff": dense_diff, "ra_best": dense_ra},
-                {"key": "fb", "label": "FB", "ra_diff": sparse_diff, "ra_best": sparse_ra}]
+        rows = [{"key": "dense", "label": "dense", "ra_diff": dense_diff, "ra_best": dense_ra, "density": 1.0},
+                {"key": "fb", "label": "FB", "ra_diff": sparse_diff, "ra_best": sparse_ra, "density": 0.25}]
         paths.append(tmp_path / f"s{seed}.json")
         paths[-1].write_text(json.dumps(rows))
-    assert seeds_summary.main([*map(str, paths), "--metrics", "ra_diff,ra_best", "--lower", "ra_diff"]) == 0
+    assert seeds_summary.main([*map(str, paths), "--metrics", "ra_diff,ra_best,density",
+                               "--lower", "ra_diff,density"]) == 0
     out = capsys.readouterr().out
     # paired differences: ra_diff -4, -3 (mean -3.5, std 0.71: lower is better, so it holds);
     # ra_best -1, -1.5 (mean -1.25, std 0.35: reversed)
     assert "FB - dense, ra_diff: -3.50 ± 0.71 pp over 2 seeds -> holds" in out
     assert "FB - dense, ra_best: -1.25 ± 0.35 pp over 2 seeds -> reversed" in out
-    assert out.strip().endswith("verdict: 1/2 model-metric differences beat the baseline by more than their "
+    assert "FB - dense, density: -0.75 ± 0.00 over 2 seeds -> holds" in out  # a fraction: no "pp"
+    assert out.strip().endswith("verdict: 2/3 model-metric differences beat the baseline by more than their "
                                 "seed-to-seed std")
     with pytest.raises(SystemExit):
         seeds_summary.main([str(paths[0]), "--metrics", "ra_best", "--lower", "ra_diff"])
